@@ -1,0 +1,2 @@
+def native_version() -> str:
+    """Version of the compiled Rust core."""
