@@ -1,0 +1,1 @@
+"""Generated from proto/ by scripts/generate.sh (`make generate`). Do not edit."""

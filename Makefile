@@ -1,0 +1,59 @@
+# Voice by aiConnected — the two commands a newcomer needs are `make demo` and `make test`.
+# Every target installs what it needs first (scripts/bootstrap.sh is idempotent).
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup services services-down demo test generate check-generated lint typecheck proto-lint \
+        proto-breaking rust-check pytest lock bench-audio fuzz
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## venv with locked deps, Debian packages, audio_core built (idempotent)
+	@bash scripts/bootstrap.sh
+
+services: setup ## start PostgreSQL, Redis and NATS JetStream on loopback
+	@bash scripts/services.sh up
+
+services-down: ## stop the local services
+	@bash scripts/services.sh down
+
+demo: services ## the main job: start the platform's servers and show their health
+	@$(PY) -m services.demo
+
+generate: setup ## regenerate Python code and mypy stubs from proto/
+	@bash scripts/generate.sh voice
+
+check-generated: setup ## fail if the checked-in generated code differs from proto/
+	@bash scripts/generate.sh --check
+
+lint: setup ## ruff
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+
+typecheck: setup ## mypy --strict on our packages
+	@$(BIN)/mypy
+
+proto-lint: setup ## buf lint (STANDARD)
+	@$(BIN)/buf lint
+
+proto-breaking: setup ## buf breaking against main (or the previous commit when on main)
+	@bash scripts/proto_breaking.sh
+
+rust-check: setup ## cargo clippy -D warnings and cargo test
+	@cargo clippy --workspace --all-targets --quiet -- -D warnings
+	@cargo test --workspace --quiet
+
+pytest: services ## Python tests against the real local services
+	@$(BIN)/pytest -q
+
+test: setup check-generated lint typecheck proto-lint proto-breaking rust-check pytest ## everything CI runs
+	@echo "make test: all checks passed"
+
+lock: ## re-resolve requirements.lock after editing pyproject.toml dependencies
+	@$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
