@@ -7,7 +7,7 @@ PY := $(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup services services-down demo test generate check-generated lint typecheck proto-lint \
+.PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
         proto-breaking rust-check pytest lock bench-audio fuzz
 
 help: ## list targets
@@ -24,6 +24,13 @@ services-down: ## stop the local services
 
 demo: services ## the main job: start the platform's servers and show their health
 	@$(PY) -m services.demo
+
+up: services ## start the platform's servers and leave them running (logs in .var/run/)
+	@$(PY) -m services.demo --up
+
+down: ## stop the platform's servers and the local services
+	@$(PY) -m services.demo --down
+	@bash scripts/services.sh down
 
 generate: setup ## regenerate Python code and mypy stubs from proto/
 	@bash scripts/generate.sh voice

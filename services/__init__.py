@@ -1,0 +1,1 @@
+"""The platform's Python services: agent, bridge, control, worker, and what they share."""

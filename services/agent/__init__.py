@@ -1,0 +1,1 @@
+"""Agent service: the real-time conversation engine (VAD -> STT -> LLM -> TTS) behind AgentSessionService."""

@@ -1,0 +1,1 @@
+"""Worker: JetStream durable consumers (transcripts, usage, webhooks) and the scheduler."""

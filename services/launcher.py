@@ -1,0 +1,121 @@
+"""Starts the platform's servers as local processes, waits until they answer grpc.health.v1, and stops
+them. Used by `make demo`, `make up` / `make down`, and the end-to-end tests.
+
+Each server runs as `python -m services.<name>`; its pid and log go under `.var/run/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.shared.settings import ServerSettings, Settings
+
+RUN_DIR = Path(".var/run")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    module: str
+    settings: ServerSettings
+
+
+def platform_servers(settings: Settings) -> list[ServerSpec]:
+    return [
+        ServerSpec("control", "services.control", settings.control),
+        ServerSpec("agent", "services.agent", settings.agent_service),
+        ServerSpec("bridge", "services.bridge", settings.webrtc_bridge),
+        ServerSpec("worker", "services.worker", settings.worker_service),
+    ]
+
+
+async def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
+    """The grpc.health.v1 status name of `service` at `address` ("SERVING", ...), or the error."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def wait_serving(address: str, deadline_s: float, proc: asyncio.subprocess.Process | None = None) -> None:
+    end = time.monotonic() + deadline_s
+    status = "not started"
+    while time.monotonic() < end:
+        if proc is not None and proc.returncode is not None:
+            raise RuntimeError(f"server at {address} exited with status {proc.returncode}")
+        status = await health_status(address, timeout=1.0)
+        if status == "SERVING":
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"server at {address} not SERVING after {deadline_s:.0f} s (last: {status})")
+
+
+class Platform:
+    """The set of running server processes."""
+
+    def __init__(self, specs: list[ServerSpec], run_dir: Path = RUN_DIR) -> None:
+        self.specs = specs
+        self.run_dir = run_dir
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+
+    def address(self, name: str) -> str:
+        spec = next(s for s in self.specs if s.name == name)
+        return f"{spec.settings.host}:{spec.settings.grpc_port}"
+
+    async def start(self, *, startup_timeout: float = 30.0) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            log_path = self.run_dir / f"{spec.name}.log"
+            with log_path.open("ab") as log_file:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", spec.module,
+                    stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            self.procs[spec.name] = proc
+            (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))
+        try:
+            await asyncio.gather(
+                *(wait_serving(self.address(s.name), startup_timeout, self.procs[s.name]) for s in self.specs)
+            )
+        except Exception as exc:
+            await self.stop()
+            logs = ", ".join(str(self.run_dir / f"{s.name}.log") for s in self.specs)
+            raise RuntimeError(f"{exc}; see {logs}") from exc
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        self.procs.clear()
+
+
+def stop_detached(run_dir: Path = RUN_DIR) -> list[str]:
+    """Stops servers left running by `make up` (from their pid files); returns their names."""
+    stopped = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            stopped.append(pid_file.stem)
+        pid_file.unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,239 @@
+"""The one way every service runs a gRPC server: its servicers plus grpc.health.v1, server reflection
+(so grpcurl and ghz work), Prometheus /metrics, a log context per RPC, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.shared.logging import log_context
+from services.shared.metrics import GrpcMetrics, serve_metrics
+from services.shared.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# Keep-alives so dead callers are noticed within seconds, not the OS TCP timeout.
+SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer and the generated function that registers it, plus its full proto name."""
+
+    full_name: str
+    servicer: object
+    register: Callable[[Any, grpc.aio.Server], None]
+
+
+def bind(pb2: ModuleType, pb2_grpc: ModuleType, service: str, servicer: object | None = None) -> ServiceBinding:
+    """Binds `servicer` to the generated `service` of a proto module pair. Without a servicer, the
+    generated base class is served: its RPCs answer UNIMPLEMENTED, but the service is listed by
+    reflection and health, so clients can already be pointed at it."""
+    full_name: str = pb2.DESCRIPTOR.services_by_name[service].full_name
+    register = getattr(pb2_grpc, f"add_{service}Servicer_to_server")
+    if servicer is None:
+        servicer = getattr(pb2_grpc, f"{service}Servicer")()
+    return ServiceBinding(full_name, servicer, register)
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    _, service, method = full_method.split("/", 2)
+    return service, method
+
+
+class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts and times every RPC and binds a log context (trace id from `x-trace-id` metadata)."""
+
+    def __init__(self, metrics: GrpcMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split_method(handler_call_details.method)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        trace_id = metadata.get("x-trace-id") or metadata.get("x-request-id")
+        metrics = self._metrics
+
+        def finish(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+            code = context.code()
+            if code is None:
+                code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+            if isinstance(code, int):  # set via context.set_code with a raw int
+                code = grpc.StatusCode(code)
+            metrics.handled.labels(service, method, code.name).inc()
+            metrics.handling_seconds.labels(service, method).observe(time.perf_counter() - started)
+            metrics.in_flight.labels(service, method).dec()
+
+        def start() -> float:
+            metrics.started.labels(service, method).inc()
+            metrics.in_flight.labels(service, method).inc()
+            return time.perf_counter()
+
+        def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, error = start(), None
+                try:
+                    with log_context(trace_id=trace_id):
+                        return await behavior(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, started, error)
+
+            return wrapper
+
+        def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started, error = start(), None
+                try:
+                    with log_context(trace_id=trace_id):
+                        if inspect.isasyncgenfunction(behavior):
+                            async for response in behavior(request, context):
+                                yield response
+                        else:  # a coroutine that writes with context.write()
+                            await behavior(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(context, started, error)
+
+            return wrapper
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary_response(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary_response(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream_response(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_stream_response(handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    """An asyncio gRPC server with health, reflection and metrics. Use `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServerSettings,
+        bindings: Sequence[ServiceBinding],
+        *,
+        serve_metrics_http: bool = True,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.bindings = tuple(bindings)
+        self.registry = CollectorRegistry()
+        self.metrics = GrpcMetrics.create(self.registry, name)
+        self.health = health.aio.HealthServicer()
+        self._serve_metrics_http = serve_metrics_http
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self.port = 0
+        self.metrics_port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            interceptors=[_ObservabilityInterceptor(self.metrics)], options=SERVER_OPTIONS
+        )
+        for binding in self.bindings:
+            binding.register(binding.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [b.full_name for b in self.bindings]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"{self.name}: cannot bind gRPC port {self.settings.host}:{self.settings.grpc_port}")
+        await server.start()
+        self._server = server
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        for full_name in names:
+            await self.health.set(full_name, serving)
+        if self._serve_metrics_http:
+            self._metrics_http = serve_metrics(self.registry, self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self._metrics_http.server_port
+        self.metrics.up.labels(service=self.name).set(1)
+        log.info(
+            "gRPC server started",
+            extra={"data": {"address": self.address, "services": names, "metrics_port": self.metrics_port}},
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Reports NOT_SERVING first (load balancers drain), then lets in-flight RPCs finish."""
+        if self._server is None:
+            return
+        self.metrics.up.labels(service=self.name).set(0)
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        log.info("gRPC server stopped", extra={"data": {"address": self.address}})
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def run_until_signalled(server: GrpcServer, *, grace: float = 5.0) -> None:
+    """Starts `server` and serves until SIGTERM or SIGINT, then stops it gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace)

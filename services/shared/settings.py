@@ -1,0 +1,240 @@
+"""Typed settings for every service (spec 8.3 plus the per-service sections of spec 3.x).
+
+Values come from the environment (and an optional `.env` file). Top-level names follow the spec
+(`DATABASE_URL`, `DEEPGRAM_API_KEY`, ...); a section's fields use `__` as the separator, e.g.
+`AGENT_SERVICE__LLM__TEMPERATURE=0.3` or `API_GATEWAY__RATE_LIMITING__DEFAULT_LIMIT=200`.
+Secrets are only ever read from the environment and never have defaults. Defaults point at the local
+services of `scripts/services.sh` on loopback, so a fresh checkout runs with no configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_NESTED_DELIMITER = "__"
+
+
+class ServerSettings(BaseModel):
+    """Where a service listens: its gRPC port and its Prometheus /metrics port."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(ge=0, le=65535)
+    metrics_port: int = Field(ge=0, le=65535)
+
+
+class CorsSettings(BaseModel):
+    allowed_origins: list[str] = ["https://app.aiconnected.io", "https://admin.aiconnected.io"]
+    allowed_methods: list[str] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    allowed_headers: list[str] = ["Authorization", "Content-Type", "X-Request-ID", "X-API-Key"]
+
+
+class RateLimitSettings(BaseModel):
+    default_limit: int = Field(100, ge=1, description="requests per minute")
+    burst_limit: int = Field(20, ge=1, description="concurrent requests")
+    by_tenant: bool = True
+
+
+class AuthSettings(BaseModel):
+    api_key_header: str = "X-API-Key"
+    jwt_algorithm: Literal["HS256"] = "HS256"
+    jwt_expiry_minutes: int = Field(60, ge=1)
+
+
+class ApiGatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(4, ge=1)
+    cors: CorsSettings = CorsSettings()
+    rate_limiting: RateLimitSettings = RateLimitSettings()
+    authentication: AuthSettings = AuthSettings()
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+
+class BridgeAudioSettings(BaseModel):
+    input_sample_rate: Literal[8000, 16000, 24000, 48000] = 48000
+    output_sample_rate: Literal[8000, 16000, 24000, 48000] = 48000
+    channels: Literal[1, 2] = 1
+    frame_duration_ms: Literal[10, 20, 40, 60] = 20
+    codec: Literal["opus", "pcmu", "pcma"] = "opus"
+
+
+class BridgeTimeoutSettings(BaseModel):
+    call_setup_timeout_seconds: int = Field(30, ge=1)
+    idle_timeout_seconds: int = Field(300, ge=1)
+    max_call_duration_seconds: int = Field(3600, ge=1)
+
+
+class BridgeSettings(ServerSettings):
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9101, ge=0, le=65535)
+    gotoconnect_api_base_url: str = "https://api.goto.com"
+    gotoconnect_websocket_url: str = "wss://realtime.goto.com"
+    audio: BridgeAudioSettings = BridgeAudioSettings()
+    timeouts: BridgeTimeoutSettings = BridgeTimeoutSettings()
+
+
+class SttSettings(BaseModel):
+    provider: Literal["deepgram", "offline"] = "offline"
+    model: str = "nova-2"
+    fallback_model: str = "nova-1"
+    language: str = "en-US"
+    interim_results: bool = True
+    punctuate: bool = True
+    smart_format: bool = True
+    deepgram_url: str = "wss://api.deepgram.com"
+
+
+class LlmSettings(BaseModel):
+    provider: Literal["anthropic", "policy"] = "policy"
+    model: str = "claude-sonnet-4-20250514"
+    fallback_model: str = "claude-3-5-haiku-20241022"
+    temperature: float = Field(0.7, ge=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=1, le=64_000)
+    streaming: bool = True
+    anthropic_base_url: str = "https://api.anthropic.com"
+
+
+class TtsClientSettings(BaseModel):
+    provider: Literal["chatterbox", "espeak"] = "espeak"
+    triton_url: str = "127.0.0.1:8101"
+    model: Literal["turbo", "original"] = "turbo"
+    default_voice_id: str = "default_female_1"
+    request_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class VadSettings(BaseModel):
+    model: Literal["silero", "energy"] = "silero"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_speech_duration_ms: int = Field(250, ge=0)
+    min_silence_duration_ms: int = Field(300, ge=0)
+
+
+class ConversationSettings(BaseModel):
+    max_history_tokens: int = Field(8000, ge=256)
+    summarize_after_turns: int = Field(20, ge=1)
+    greeting_enabled: bool = True
+    transfer_enabled: bool = True
+
+
+class ToolSettings(BaseModel):
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    max_concurrent_tools: int = Field(3, ge=1)
+
+
+class AgentServiceSettings(ServerSettings):
+    grpc_port: int = Field(50052, ge=0, le=65535)
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    stt: SttSettings = SttSettings()
+    llm: LlmSettings = LlmSettings()
+    tts: TtsClientSettings = TtsClientSettings()
+    vad: VadSettings = VadSettings()
+    conversation: ConversationSettings = ConversationSettings()
+    tools: ToolSettings = ToolSettings()
+
+
+class ControlSettings(ServerSettings):
+    grpc_port: int = Field(50053, ge=0, le=65535)
+    metrics_port: int = Field(9103, ge=0, le=65535)
+
+
+class RetrySettings(BaseModel):
+    max_retries: int = Field(5, ge=0)
+    backoff_base: int = Field(60, ge=1, description="seconds")
+    backoff_max: int = Field(3600, ge=1, description="seconds")
+
+
+class WorkerSettings(ServerSettings):
+    grpc_port: int = Field(50054, ge=0, le=65535)
+    metrics_port: int = Field(9104, ge=0, le=65535)
+    concurrency: int = Field(4, ge=1)
+    retry: RetrySettings = RetrySettings()
+    timezone: str = "UTC"
+
+
+class ChatterboxServiceSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model_name: Literal["chatterbox-turbo", "chatterbox", "espeak-ng"] = "espeak-ng"
+    device: Literal["cuda", "cpu"] = "cpu"
+    precision: Literal["float16", "float32"] = "float16"
+    weights_path: str = ""
+    sample_rate: Literal[24000] = 24000
+    default_exaggeration: float = Field(0.5, ge=0.25, le=2.0)
+    default_cfg_weight: float = Field(0.5, ge=0.0, le=1.0)
+    storage_path: str = ".var/voices"
+    cache_size: int = Field(10, ge=1)
+    chunk_duration_ms: int = Field(100, ge=20, le=1000)
+    buffer_chunks: int = Field(3, ge=1)
+
+
+class Settings(BaseSettings):
+    """All settings of the platform. One instance per process, built by `load_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Application
+    app_name: str = "voice-aiconnected"
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    debug: bool = False
+    instance_id: str = ""
+
+    # Database, cache, event bus (loopback defaults = scripts/services.sh)
+    database_url: str = "postgresql://voice:voice@127.0.0.1:15432/voice"
+    database_pool_size: int = Field(10, ge=1)
+    database_max_overflow: int = Field(20, ge=0)
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_pool_size: int = Field(10, ge=1)
+    nats_url: str = "nats://127.0.0.1:14222"
+    nats_stream: str = "VOICE_EVENTS"
+
+    # External services: secrets from the environment only, no defaults.
+    gotoconnect_client_id: SecretStr | None = None
+    gotoconnect_client_secret: SecretStr | None = None
+    livekit_url: str | None = None
+    livekit_api_key: SecretStr | None = None
+    livekit_api_secret: SecretStr | None = None
+    deepgram_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    chatterbox_url: str | None = None
+    jwt_secret: SecretStr | None = None
+
+    # Observability
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    metrics_enabled: bool = True
+    tracing_enabled: bool = True
+
+    # Per-service sections (spec 3.1.5, 3.2.6, 3.3.5, 3.4.5, 3.5.5)
+    api_gateway: ApiGatewaySettings = ApiGatewaySettings()
+    webrtc_bridge: BridgeSettings = BridgeSettings()
+    agent_service: AgentServiceSettings = AgentServiceSettings()
+    control: ControlSettings = ControlSettings()
+    worker_service: WorkerSettings = WorkerSettings()
+    chatterbox_service: ChatterboxServiceSettings = ChatterboxServiceSettings()
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each offending environment variable."""
+
+
+def env_var_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at `loc` (e.g. AGENT_SERVICE__LLM__TEMPERATURE)."""
+    return ENV_NESTED_DELIMITER.join(str(part).upper() for part in loc)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Reads settings from the environment; raises SettingsError naming the variables at fault."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [f"{env_var_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
