@@ -1,8 +1,8 @@
 """`make demo`: brings the platform up on this machine and shows what is running.
 
-  python -m services.demo            start, check, print, stop (exit status 0 when all is healthy)
-  python -m services.demo --up       start and leave the servers running (stop with --down)
-  python -m services.demo --down     stop servers left running by --up
+python -m services.demo            start, check, print, stop (exit status 0 when all is healthy)
+python -m services.demo --up       start and leave the servers running (stop with --down)
+python -m services.demo --down     stop servers left running by --up
 """
 
 from __future__ import annotations
@@ -12,22 +12,11 @@ import asyncio
 import sys
 
 import grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.launcher import Platform, health_status, platform_servers, stop_detached
+from services.launcher import Platform, health_status, platform_servers, reflected_services, stop_detached
 from services.shared.dependency_health import check_all
 from services.shared.settings import Settings, SettingsError, load_settings
 from voice.v1 import system_pb2, system_pb2_grpc
-
-
-async def reflected_services(address: str) -> list[str]:
-    """Services a server lists over gRPC reflection (what `grpcurl list` shows)."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5):
-            return sorted(s.name for s in reply.list_services_response.service)
-    return []
 
 
 async def report(settings: Settings, platform: Platform) -> bool:
@@ -44,15 +33,19 @@ async def report(settings: Settings, platform: Platform) -> bool:
         status = await health_status(address)
         ok &= status == "SERVING"
         services = [s for s in await reflected_services(address) if s.startswith("voice.")]
-        print(f"  [{'ok  ' if status == 'SERVING' else 'FAIL'}] {spec.name:<8} {address:<16} {status:<8}"
-              f" metrics :{spec.settings.metrics_port}  {', '.join(services) or '(health only)'}")
+        print(
+            f"  [{'ok  ' if status == 'SERVING' else 'FAIL'}] {spec.name:<8} {address:<16} {status:<8}"
+            f" metrics :{spec.settings.metrics_port}  {', '.join(services) or '(health only)'}"
+        )
 
     async with grpc.aio.insecure_channel(platform.address("control")) as channel:
         health = await system_pb2_grpc.SystemServiceStub(channel).CheckHealth(
             system_pb2.CheckHealthRequest(), timeout=10
         )
     ok &= health.status == "ok"
-    print(f"\nControl plane SystemService.CheckHealth (GET /health): {health.status} (version {health.version})")
+    print(
+        f"\nControl plane SystemService.CheckHealth (GET /health): {health.status} (version {health.version})"
+    )
     print("\nTry: grpcurl -plaintext", platform.address("agent"), "list")
     return ok
 

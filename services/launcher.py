@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from services.shared.settings import ServerSettings, Settings
 
@@ -39,24 +40,45 @@ def platform_servers(settings: Settings) -> list[ServerSpec]:
     ]
 
 
-async def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
+async def health_status(address: str, service: str = "", deadline_s: float = 2.0) -> str:
     """The grpc.health.v1 status name of `service` at `address` ("SERVING", ...), or the error."""
+    # Typed multicallables instead of the generated stubs, whose published type stubs are incomplete.
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = await check(health_pb2.HealthCheckRequest(service=service), timeout=deadline_s)
         except grpc.aio.AioRpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-async def wait_serving(address: str, deadline_s: float, proc: asyncio.subprocess.Process | None = None) -> None:
+async def reflected_services(address: str) -> list[str]:
+    """Services a server lists over gRPC reflection (what `grpcurl list` shows)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        async for reply in call:
+            return sorted(s.name for s in reply.list_services_response.service)
+    return []
+
+
+async def wait_serving(
+    address: str, deadline_s: float, proc: asyncio.subprocess.Process | None = None
+) -> None:
     end = time.monotonic() + deadline_s
     status = "not started"
     while time.monotonic() < end:
         if proc is not None and proc.returncode is not None:
             raise RuntimeError(f"server at {address} exited with status {proc.returncode}")
-        status = await health_status(address, timeout=1.0)
+        status = await health_status(address, deadline_s=1.0)
         if status == "SERVING":
             return
         await asyncio.sleep(0.1)
@@ -81,8 +103,12 @@ class Platform:
             log_path = self.run_dir / f"{spec.name}.log"
             with log_path.open("ab") as log_file:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", spec.module,
-                    stdout=log_file, stderr=log_file, stdin=asyncio.subprocess.DEVNULL,
+                    sys.executable,
+                    "-m",
+                    spec.module,
+                    stdout=log_file,
+                    stderr=log_file,
+                    stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,
                 )
             self.procs[spec.name] = proc

@@ -30,7 +30,7 @@ async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> DependencyHe
         detail = await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
         healthy = True
     except Exception as exc:  # any failure is "unhealthy", with the reason shown
-        detail, healthy = f"{type(exc).__name__}: {exc}" or type(exc).__name__, False
+        detail, healthy = f"{type(exc).__name__}: {exc}", False
     return DependencyHealth(name, healthy, detail, (time.perf_counter() - started) * 1000)
 
 

@@ -34,14 +34,12 @@ def subject_for(tenant_id: str, event_type: str) -> str:
 
 
 def new_event(tenant_id: str, call_id: str, source: str, **payload: object) -> events_pb2.Event:
-    """Builds an Event with a fresh id and time; `payload` is exactly one oneof case, e.g.
-    `call_ended=events_pb2.CallEnded(...)`. The type name is derived from the case (call_ended -> call.ended)."""
+    """Builds an Event with a fresh id and time. `payload` is exactly one oneof case, e.g.
+    `call_ended=events_pb2.CallEnded(...)`; the type name follows from the case (call.ended)."""
     if len(payload) != 1:
         raise ValueError("exactly one payload is required")
-    (case, message), = payload.items()
-    event = events_pb2.Event(
-        event_id=str(uuid.uuid4()), tenant_id=tenant_id, call_id=call_id, source=source
-    )
+    ((case, message),) = payload.items()
+    event = events_pb2.Event(event_id=str(uuid.uuid4()), tenant_id=tenant_id, call_id=call_id, source=source)
     event.time.FromDatetime(datetime.now(UTC))
     getattr(event, case).CopyFrom(message)
     event.type = EVENT_TYPES[case]

@@ -24,6 +24,9 @@ from services.shared.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+# The servicer context type of every handler (request/response types are erased at this layer).
+Context = grpc.aio.ServicerContext[Any, Any]
+
 # Keep-alives so dead callers are noticed within seconds, not the OS TCP timeout.
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.keepalive_time_ms", 20_000),
@@ -43,7 +46,9 @@ class ServiceBinding:
     register: Callable[[Any, grpc.aio.Server], None]
 
 
-def bind(pb2: ModuleType, pb2_grpc: ModuleType, service: str, servicer: object | None = None) -> ServiceBinding:
+def bind(
+    pb2: ModuleType, pb2_grpc: ModuleType, service: str, servicer: object | None = None
+) -> ServiceBinding:
     """Binds `servicer` to the generated `service` of a proto module pair. Without a servicer, the
     generated base class is served: its RPCs answer UNIMPLEMENTED, but the service is listed by
     reflection and health, so clients can already be pointed at it."""
@@ -59,7 +64,7 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every RPC and binds a log context (trace id from `x-trace-id` metadata)."""
 
     def __init__(self, metrics: GrpcMetrics) -> None:
@@ -67,18 +72,19 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         service, method = _split_method(handler_call_details.method)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        trace_id = metadata.get("x-trace-id") or metadata.get("x-request-id")
+        raw_trace = metadata.get("x-trace-id") or metadata.get("x-request-id")
+        trace_id = raw_trace.decode(errors="replace") if isinstance(raw_trace, bytes) else raw_trace
         metrics = self._metrics
 
-        def finish(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+        def finish(context: Context, started: float, error: BaseException | None) -> None:
             code = context.code()
             if code is None:
                 code = grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
@@ -94,7 +100,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
             return time.perf_counter()
 
         def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def wrapper(request: Any, context: Context) -> Any:
                 started, error = start(), None
                 try:
                     with log_context(trace_id=trace_id):
@@ -108,7 +114,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
             return wrapper
 
         def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
                 started, error = start(), None
                 try:
                     with log_context(trace_id=trace_id):
@@ -143,6 +149,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mis
                 handler.request_deserializer,
                 handler.response_serializer,
             )
+        assert handler.stream_stream is not None  # gRPC handlers are exactly one of the four kinds
         return grpc.stream_stream_rpc_method_handler(
             wrap_stream_response(handler.stream_stream),
             handler.request_deserializer,
@@ -191,7 +198,9 @@ class GrpcServer:
         )
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
         if self.port == 0:
-            raise OSError(f"{self.name}: cannot bind gRPC port {self.settings.host}:{self.settings.grpc_port}")
+            raise OSError(
+                f"{self.name}: cannot bind gRPC port {self.settings.host}:{self.settings.grpc_port}"
+            )
         await server.start()
         self._server = server
         serving = health_pb2.HealthCheckResponse.SERVING

@@ -7,9 +7,9 @@ several servers in one process without "duplicated timeseries" errors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.exposition import ThreadingWSGIServer
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class GrpcMetrics:
         )
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> ThreadingWSGIServer:
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
     """Serves GET /metrics for `registry` on a daemon thread (off the event loop); returns the server."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server

@@ -20,7 +20,9 @@ def run_service(name: str, build: Callable[[Settings], GrpcServer]) -> None:
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(name, level=settings.log_level, fmt=settings.log_format, instance=settings.instance_id or None)
+    configure_logging(
+        name, level=settings.log_level, fmt=settings.log_format, instance=settings.instance_id or None
+    )
     server = build(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_until_signalled(server))
