@@ -3,6 +3,12 @@
 //! Sans-IO: no sockets, threads or clocks; callers pass time in. The pure-Rust core is kept
 //! separate from the thin PyO3 layer so it can be tested and fuzzed without Python.
 
+pub mod error;
+pub mod g711;
+pub mod opus;
+pub mod resample;
+pub mod rtp;
+
 use pyo3::prelude::*;
 
 /// Version of the native core, so Python can prove it loaded the extension it was built with.
