@@ -88,9 +88,13 @@ async def wait_serving(
 class Platform:
     """The set of running server processes."""
 
-    def __init__(self, specs: list[ServerSpec], run_dir: Path = RUN_DIR) -> None:
+    def __init__(
+        self, specs: list[ServerSpec], run_dir: Path = RUN_DIR, env: dict[str, str] | None = None
+    ) -> None:
         self.specs = specs
         self.run_dir = run_dir
+        # Environment of the children: ours plus overrides (settings travel as environment variables).
+        self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
     def address(self, name: str) -> str:
@@ -110,6 +114,7 @@ class Platform:
                     stderr=log_file,
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,
+                    env=self.env,
                 )
             self.procs[spec.name] = proc
             (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))

@@ -1,0 +1,102 @@
+"""Every server: health, reflection, metrics, UNIMPLEMENTED for contracts not built yet, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.control.server import build_server as build_control
+from services.launcher import Platform, health_status, platform_servers, reflected_services
+from services.shared.grpc_server import GrpcServer
+from services.shared.settings import Settings, load_settings
+from voice.v1 import agents_pb2, agents_pb2_grpc, system_pb2, system_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+@pytest.fixture
+async def control(settings: Settings) -> AsyncIterator[GrpcServer]:
+    ports = settings.control.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+    ephemeral = settings.model_copy(update={"control": ports})
+    server = build_control(ephemeral)
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+async def test_health_serving_for_server_and_each_service(control: GrpcServer) -> None:
+    assert await health_status(control.address) == "SERVING"
+    assert await health_status(control.address, "voice.v1.AgentService") == "SERVING"
+    assert (await health_status(control.address, "voice.v1.NoSuchService")).startswith("NOT_FOUND")
+
+
+async def test_reflection_lists_services(control: GrpcServer) -> None:
+    services = await reflected_services(control.address)
+    assert {"voice.v1.SystemService", "voice.v1.AgentService", "grpc.health.v1.Health"} <= set(services)
+    assert "grpc.reflection.v1alpha.ServerReflection" in services
+
+
+async def test_system_health_checks_real_dependencies(control: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(control.address) as channel:
+        reply = await system_pb2_grpc.SystemServiceStub(channel).CheckHealth(system_pb2.CheckHealthRequest())
+    assert reply.status == "ok"
+    assert {c.name for c in reply.components} == {"postgres", "redis", "nats"}
+    assert all(c.healthy for c in reply.components)
+
+
+async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(control: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(control.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await agents_pb2_grpc.AgentServiceStub(channel).GetAgent(agents_pb2.GetAgentRequest(id="a1"))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{control.metrics_port}/metrics")
+    assert (
+        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="GetAgent",'
+        'grpc_service="voice.v1.AgentService"} 1.0' in metrics
+    )
+    assert 'service_up{service="control"} 1.0' in metrics
+
+
+async def test_stop_reports_not_serving_first(settings: Settings) -> None:
+    ephemeral = settings.control.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+    server = GrpcServer("probe", ephemeral, [], serve_metrics_http=False)
+    await server.start()
+    await server.health.enter_graceful_shutdown()
+    assert await health_status(server.address) == "NOT_SERVING"
+    await server.stop(grace=0.5)
+    status = await health_status(server.address, deadline_s=0.5)
+    assert status.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+
+
+async def test_each_service_runs_as_a_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`python -m services.<name>` for every server, on free ports set through the environment."""
+    for section in ("CONTROL", "AGENT_SERVICE", "WEBRTC_BRIDGE", "WORKER_SERVICE"):
+        monkeypatch.setenv(f"{section}__GRPC_PORT", str(free_port()))
+        monkeypatch.setenv(f"{section}__METRICS_PORT", str(free_port()))
+    platform = Platform(platform_servers(load_settings()), run_dir=tmp_path)
+    await platform.start(startup_timeout=60)
+    procs = list(platform.procs.values())
+    try:
+        for spec in platform.specs:
+            assert await health_status(platform.address(spec.name)) == "SERVING", spec.name
+        assert "voice.v1.AgentSessionService" in await reflected_services(platform.address("agent"))
+        assert "voice.v1.CallControlService" in await reflected_services(platform.address("bridge"))
+    finally:
+        await platform.stop()
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]  # SIGTERM -> graceful stop -> exit 0
+    assert "gRPC server stopped" in (tmp_path / "agent.log").read_text()
