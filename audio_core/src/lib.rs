@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod g711;
+pub mod jitter;
 pub mod opus;
 pub mod resample;
 pub mod rtp;

@@ -79,9 +79,8 @@ pub struct Resampler {
     k: usize,
     /// padded row length (multiple of 8), padding sits at the old end of the window
     kp: usize,
-    /// table oversampling: `t_phases = l * r`, rows `0..=t_phases`
+    /// table oversampling: `l * r` phases, rows `0..=l*r`
     r: u64,
-    t_phases: u64,
     table: Vec<f32>,
     l: u64,
     m: u64,
@@ -155,7 +154,6 @@ impl Resampler {
             k,
             kp,
             r,
-            t_phases,
             table,
             l,
             m,
