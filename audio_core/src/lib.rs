@@ -4,8 +4,10 @@
 //! separate from the thin PyO3 layer so it can be tested and fuzzed without Python.
 
 pub mod error;
+pub mod frame;
 pub mod g711;
 pub mod jitter;
+pub mod legs;
 pub mod opus;
 pub mod resample;
 pub mod rtp;

@@ -1,0 +1,660 @@
+//! The two composed call legs: one call per 20 ms frame does all the work.
+//!
+//! * Inbound: RTP (Opus or PCMU/PCMA) -> jitter buffer -> decode / PLC / FEC -> resample -> PCM16.
+//! * Outbound: PCM16 (e.g. TTS at 24 kHz) -> resample -> encode -> RTP packets with sequence and
+//!   timestamp.
+
+use crate::error::{invalid, Error, Result};
+use crate::jitter::{InsertResult, JitterBuffer, JitterConfig, JitterStats, Playout};
+use crate::opus::{self, Decoder, Encoder, EncoderConfig};
+use crate::resample::Resampler;
+use crate::{frame, g711, rtp};
+
+/// Payload codec of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Opus (RTP clock 48 kHz).
+    Opus,
+    /// G.711 μ-law (8 kHz).
+    Pcmu,
+    /// G.711 A-law (8 kHz).
+    Pcma,
+}
+
+impl Codec {
+    /// Parse "opus" / "pcmu" / "pcma" (case-insensitive).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "opus" => Ok(Codec::Opus),
+            "pcmu" | "ulaw" | "g711u" => Ok(Codec::Pcmu),
+            "pcma" | "alaw" | "g711a" => Ok(Codec::Pcma),
+            _ => invalid(format!("unknown codec {name:?} (use opus, pcmu or pcma)")),
+        }
+    }
+
+    /// RTP clock rate.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            Codec::Opus => 48000,
+            _ => 8000,
+        }
+    }
+
+    /// Static/default payload type.
+    pub fn default_payload_type(self) -> u8 {
+        match self {
+            Codec::Opus => 111,
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+        }
+    }
+}
+
+/// What a popped frame mostly contains (the most severe unit wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FrameKind {
+    /// Decoded audio.
+    Normal,
+    /// Silence before playout started.
+    Buffering,
+    /// DTX / comfort noise between talk spurts.
+    Silence,
+    /// Contains audio rebuilt from FEC.
+    Fec,
+    /// Contains concealment of a lost packet.
+    Concealed,
+    /// Contains concealment because the buffer ran dry (or an expand).
+    Underrun,
+}
+
+impl FrameKind {
+    /// Short name for Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Normal => "normal",
+            FrameKind::Buffering => "buffering",
+            FrameKind::Silence => "silence",
+            FrameKind::Fec => "fec",
+            FrameKind::Concealed => "concealed",
+            FrameKind::Underrun => "underrun",
+        }
+    }
+}
+
+/// Inbound leg settings.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundConfig {
+    /// Payload codec.
+    pub codec: Codec,
+    /// Accept only this payload type (others, e.g. telephone-event, are ignored).
+    pub payload_type: Option<u8>,
+    /// Output rate of the PCM16 frames.
+    pub output_rate: u32,
+    /// Opus decode rate; `None` = the output rate when libopus supports it (no extra resampler).
+    pub decode_rate: Option<u32>,
+    /// Jitter buffer settings (clock rate and frame are filled in from the codec).
+    pub jitter: JitterConfig,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self { codec: Codec::Opus, payload_type: None, output_rate: 16000, decode_rate: None, jitter: JitterConfig::default() }
+    }
+}
+
+/// Leg-level insert outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegInsert {
+    /// From the jitter buffer.
+    Jitter(InsertResult),
+    /// Different payload type (e.g. DTMF) or SSRC noise: not audio for this leg.
+    Ignored,
+}
+
+impl LegInsert {
+    /// Short name for Python.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LegInsert::Jitter(InsertResult::Accepted) => "accepted",
+            LegInsert::Jitter(InsertResult::Late) => "late",
+            LegInsert::Jitter(InsertResult::Duplicate) => "duplicate",
+            LegInsert::Jitter(InsertResult::Reset) => "reset",
+            LegInsert::Ignored => "ignored",
+        }
+    }
+}
+
+/// Inbound: RTP in, fixed-size PCM16 frames out.
+pub struct InboundLeg {
+    cfg: InboundConfig,
+    jb: JitterBuffer,
+    ssrc: Option<u32>,
+    opus: Option<Decoder>,
+    decode_rate: u32,
+    resampler: Option<Resampler>,
+    dec: Vec<i16>,
+    q: Vec<i16>,
+    frame_out: usize,
+    low_energy: bool,
+    g711_last: Vec<i16>,
+    g711_plc: u32,
+    /// Opus decode errors (corrupt packets concealed instead).
+    pub decode_errors: u64,
+    /// Packets with a different payload type.
+    pub ignored: u64,
+}
+
+const LOW_ENERGY_RMS: f64 = 330.0; // about -40 dBFS
+
+impl InboundLeg {
+    /// Create an inbound leg.
+    pub fn new(cfg: InboundConfig) -> Result<Self> {
+        if !crate::resample::RATES.contains(&cfg.output_rate) {
+            return invalid(format!("unsupported output rate {}", cfg.output_rate));
+        }
+        let mut jc = cfg.jitter;
+        jc.clock_rate = cfg.codec.clock_rate();
+        let jb = JitterBuffer::new(jc)?;
+        let (opus, decode_rate) = match cfg.codec {
+            Codec::Opus => {
+                let rate = match cfg.decode_rate {
+                    Some(r) => r,
+                    None if opus::OPUS_RATES.contains(&cfg.output_rate) => cfg.output_rate,
+                    None => 48000,
+                };
+                (Some(Decoder::new(rate, 1)?), rate)
+            }
+            _ => (None, 8000),
+        };
+        let resampler = if decode_rate != cfg.output_rate { Some(Resampler::new(decode_rate, cfg.output_rate)?) } else { None };
+        let frame_out = (cfg.output_rate * jc.frame_ms / 1000) as usize;
+        Ok(Self {
+            cfg,
+            jb,
+            ssrc: None,
+            opus,
+            decode_rate,
+            resampler,
+            dec: vec![0; decode_rate as usize * 120 / 1000],
+            q: Vec::with_capacity(frame_out * 8),
+            frame_out,
+            low_energy: true,
+            g711_last: Vec::new(),
+            g711_plc: 0,
+            decode_errors: 0,
+            ignored: 0,
+        })
+    }
+
+    /// Samples per output frame.
+    pub fn frame_samples(&self) -> usize {
+        self.frame_out
+    }
+
+    /// Rate the codec decodes at before any resampling.
+    pub fn decode_rate(&self) -> u32 {
+        self.decode_rate
+    }
+
+    /// Constant algorithmic delay added by resampling, seconds (0 when libopus decodes at the
+    /// output rate).
+    pub fn resampler_delay_seconds(&self) -> f64 {
+        self.resampler.as_ref().map_or(0.0, |r| r.delay_seconds())
+    }
+
+    /// Jitter buffer counters.
+    pub fn stats(&self) -> JitterStats {
+        self.jb.stats()
+    }
+
+    /// Insert one RTP datagram that arrived at `arrival_ms`.
+    pub fn insert(&mut self, packet: &[u8], arrival_ms: f64) -> Result<LegInsert> {
+        let p = rtp::parse(packet)?;
+        if let Some(pt) = self.cfg.payload_type {
+            if p.payload_type != pt {
+                self.ignored += 1;
+                return Ok(LegInsert::Ignored);
+            }
+        }
+        if p.payload.is_empty() {
+            return Err(Error::Rtp("empty payload".into()));
+        }
+        if self.ssrc != Some(p.ssrc) {
+            if self.ssrc.is_some() {
+                self.jb.reset();
+            }
+            self.ssrc = Some(p.ssrc);
+        }
+        let (samples, fec) = match self.cfg.codec {
+            Codec::Opus => {
+                let n = opus::packet_samples(p.payload, 48000)?;
+                if n > 5760 {
+                    return Err(Error::Codec(format!("Opus packet of {n} samples exceeds 120 ms")));
+                }
+                (n as u32, opus::packet_has_fec(p.payload))
+            }
+            _ => {
+                if p.payload.len() > 960 {
+                    return Err(Error::Rtp(format!("G.711 payload of {} bytes exceeds 120 ms", p.payload.len())));
+                }
+                (p.payload.len() as u32, false)
+            }
+        };
+        let r = self.jb.insert(p.sequence, p.timestamp, p.payload, arrival_ms, samples, fec)?;
+        Ok(LegInsert::Jitter(r))
+    }
+
+    fn to_dec_rate(&self, clock_samples: u32) -> usize {
+        (clock_samples as u64 * self.decode_rate as u64 / self.cfg.codec.clock_rate() as u64) as usize
+    }
+
+    fn opus_conceal(&mut self, n: usize) -> usize {
+        let Some(d) = self.opus.as_mut() else { return 0 };
+        let unit = self.decode_rate as usize / 400;
+        let n = n - n % unit;
+        if n == 0 {
+            return 0;
+        }
+        match d.conceal(n, &mut self.dec) {
+            Ok(k) => k,
+            Err(_) => {
+                self.dec[..n].fill(0);
+                n
+            }
+        }
+    }
+
+    fn g711_conceal(&mut self, n: usize) -> usize {
+        // Repeat the last good frame, halving each time; silence after three frames.
+        let att = 0.5f32.powi(self.g711_plc as i32 + 1);
+        self.g711_plc += 1;
+        for i in 0..n {
+            let s = if self.g711_plc <= 3 && !self.g711_last.is_empty() {
+                self.g711_last[i % self.g711_last.len()] as f32 * att
+            } else {
+                0.0
+            };
+            self.dec[i] = s as i16;
+        }
+        n
+    }
+
+    /// Produce exactly one output frame into `out` (`frame_samples()` long) for time `now_ms`.
+    pub fn pop(&mut self, now_ms: f64, out: &mut [i16]) -> Result<FrameKind> {
+        if out.len() != self.frame_out {
+            return invalid(format!("output frame must be {} samples, got {}", self.frame_out, out.len()));
+        }
+        if !now_ms.is_finite() {
+            return invalid("now_ms must be finite");
+        }
+        let mut kind: Option<FrameKind> = None;
+        let mut guard = 0;
+        while self.q.len() < self.frame_out {
+            guard += 1;
+            if guard > 64 {
+                // Cannot happen (every unit yields audio); never loop forever on odd input.
+                self.q.resize(self.frame_out, 0);
+                break;
+            }
+            let decision = self.jb.pop(now_ms, self.low_energy);
+            let (n, k, keep) = match decision {
+                Playout::Buffering { samples } => {
+                    let n = self.to_dec_rate(samples);
+                    self.dec[..n].fill(0);
+                    (n, FrameKind::Buffering, true)
+                }
+                Playout::Silence { samples } => {
+                    let n = self.to_dec_rate(samples);
+                    let got = if self.opus.is_some() { self.opus_conceal(n) } else { 0 };
+                    self.dec[got..n].fill(0);
+                    (n, FrameKind::Silence, true)
+                }
+                Playout::Conceal { samples, lost } => {
+                    let n = self.to_dec_rate(samples);
+                    let got = if self.opus.is_some() { self.opus_conceal(n) } else { self.g711_conceal(n) };
+                    self.dec[got..n].fill(0);
+                    (n, if lost { FrameKind::Concealed } else { FrameKind::Underrun }, true)
+                }
+                Playout::Fec { samples, slot, .. } => {
+                    let n = self.to_dec_rate(samples);
+                    let r = match self.opus.as_mut() {
+                        Some(d) => d.decode_fec(self.jb.payload(slot), n, &mut self.dec),
+                        None => Err(Error::Codec("FEC without Opus".into())),
+                    };
+                    let got = match r {
+                        Ok(k) => k,
+                        Err(_) => {
+                            self.decode_errors += 1;
+                            self.opus_conceal(n)
+                        }
+                    };
+                    self.dec[got..n].fill(0);
+                    (n, FrameKind::Fec, true)
+                }
+                Playout::Packet { slot, discard, samples, .. } => {
+                    let payload = self.jb.payload(slot);
+                    let n = match (self.cfg.codec, self.opus.as_mut()) {
+                        (Codec::Opus, Some(d)) => match d.decode(payload, &mut self.dec) {
+                            Ok(k) => k,
+                            Err(_) => {
+                                self.decode_errors += 1;
+                                let n = self.to_dec_rate(samples);
+                                let got = self.opus_conceal(n);
+                                self.dec[got..n].fill(0);
+                                n
+                            }
+                        },
+                        (Codec::Pcmu, _) => {
+                            for (d, &c) in self.dec.iter_mut().zip(payload) {
+                                *d = g711::ulaw_decode_sample(c);
+                            }
+                            payload.len()
+                        }
+                        _ => {
+                            for (d, &c) in self.dec.iter_mut().zip(payload) {
+                                *d = g711::alaw_decode_sample(c);
+                            }
+                            payload.len()
+                        }
+                    };
+                    if self.opus.is_none() {
+                        self.g711_last.clear();
+                        self.g711_last.extend_from_slice(&self.dec[..n]);
+                        self.g711_plc = 0;
+                    }
+                    (n, FrameKind::Normal, !discard)
+                }
+            };
+            let n = n.min(self.dec.len());
+            if matches!(k, FrameKind::Normal | FrameKind::Fec) {
+                self.low_energy = frame::rms(&self.dec[..n]) < LOW_ENERGY_RMS;
+            }
+            if !keep {
+                continue;
+            }
+            kind = Some(kind.map_or(k, |p: FrameKind| p.max(k)));
+            match self.resampler.as_mut() {
+                Some(r) => r.process_i16(&self.dec[..n], &mut self.q),
+                None => self.q.extend_from_slice(&self.dec[..n]),
+            }
+        }
+        out.copy_from_slice(&self.q[..self.frame_out]);
+        self.q.drain(..self.frame_out);
+        Ok(kind.unwrap_or(FrameKind::Normal))
+    }
+}
+
+/// Outbound leg settings.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundConfig {
+    /// Payload codec.
+    pub codec: Codec,
+    /// Rate of the PCM16 pushed in.
+    pub input_rate: u32,
+    /// RTP payload type.
+    pub payload_type: u8,
+    /// RTP SSRC.
+    pub ssrc: u32,
+    /// Packet duration, ms (10, 20, 40, 60).
+    pub frame_ms: u32,
+    /// First sequence number.
+    pub sequence: u16,
+    /// First timestamp.
+    pub timestamp: u32,
+    /// Opus encode rate; `None` = the input rate when libopus supports it (no extra resampler).
+    pub encode_rate: Option<u32>,
+    /// Opus settings (sample_rate is overridden).
+    pub opus: EncoderConfig,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Opus,
+            input_rate: 24000,
+            payload_type: 111,
+            ssrc: 0,
+            frame_ms: 20,
+            sequence: 0,
+            timestamp: 0,
+            encode_rate: None,
+            opus: EncoderConfig::default(),
+        }
+    }
+}
+
+/// Outbound: PCM16 in, RTP packets out.
+pub struct OutboundLeg {
+    cfg: OutboundConfig,
+    encoder: Option<Encoder>,
+    enc_rate: u32,
+    resampler: Option<Resampler>,
+    pending: Vec<i16>,
+    scratch: Vec<i16>,
+    frame_enc: usize,
+    ts_step: u32,
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+    packet: Vec<u8>,
+}
+
+impl OutboundLeg {
+    /// Create an outbound leg.
+    pub fn new(cfg: OutboundConfig) -> Result<Self> {
+        if !crate::resample::RATES.contains(&cfg.input_rate) {
+            return invalid(format!("unsupported input rate {}", cfg.input_rate));
+        }
+        if ![10, 20, 40, 60].contains(&cfg.frame_ms) {
+            return invalid(format!("frame_ms must be 10, 20, 40 or 60, got {}", cfg.frame_ms));
+        }
+        if cfg.payload_type > 127 {
+            return invalid(format!("payload type {} > 127", cfg.payload_type));
+        }
+        let (encoder, enc_rate) = match cfg.codec {
+            Codec::Opus => {
+                let rate = match cfg.encode_rate {
+                    Some(r) => r,
+                    None if opus::OPUS_RATES.contains(&cfg.input_rate) => cfg.input_rate,
+                    None => 48000,
+                };
+                let mut oc = cfg.opus;
+                oc.sample_rate = rate;
+                oc.channels = 1;
+                (Some(Encoder::new(oc)?), rate)
+            }
+            _ => (None, 8000),
+        };
+        let resampler = if enc_rate != cfg.input_rate { Some(Resampler::new(cfg.input_rate, enc_rate)?) } else { None };
+        let frame_enc = (enc_rate * cfg.frame_ms / 1000) as usize;
+        Ok(Self {
+            encoder,
+            enc_rate,
+            resampler,
+            pending: Vec::with_capacity(frame_enc * 4),
+            scratch: Vec::with_capacity(frame_enc * 4),
+            frame_enc,
+            ts_step: cfg.codec.clock_rate() * cfg.frame_ms / 1000,
+            seq: cfg.sequence,
+            ts: cfg.timestamp,
+            marker: true,
+            payload: vec![0; opus::MAX_PACKET],
+            packet: Vec::with_capacity(opus::MAX_PACKET + 12),
+            cfg,
+        })
+    }
+
+    /// Rate the encoder runs at.
+    pub fn encode_rate(&self) -> u32 {
+        self.enc_rate
+    }
+
+    /// Next sequence number.
+    pub fn sequence(&self) -> u16 {
+        self.seq
+    }
+
+    /// Next timestamp.
+    pub fn timestamp(&self) -> u32 {
+        self.ts
+    }
+
+    /// Constant algorithmic delay added by resampling, seconds.
+    pub fn resampler_delay_seconds(&self) -> f64 {
+        self.resampler.as_ref().map_or(0.0, |r| r.delay_seconds())
+    }
+
+    /// Mark the next packet as the start of a talk spurt.
+    pub fn set_marker(&mut self) {
+        self.marker = true;
+    }
+
+    /// Drop buffered, not yet encoded audio (barge-in). The timestamp skips ahead as if it played.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+        if let Some(r) = self.resampler.as_mut() {
+            r.reset();
+        }
+        self.marker = true;
+    }
+
+    fn encode_frames(&mut self, emit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let mut off = 0;
+        while self.pending.len() - off >= self.frame_enc {
+            let pcm = &self.pending[off..off + self.frame_enc];
+            off += self.frame_enc;
+            let len = match self.encoder.as_mut() {
+                Some(e) => e.encode(pcm, &mut self.payload)?,
+                None => {
+                    let codec = self.cfg.codec;
+                    for (d, &s) in self.payload.iter_mut().zip(pcm) {
+                        *d = if codec == Codec::Pcmu { g711::ulaw_encode_sample(s) } else { g711::alaw_encode_sample(s) };
+                    }
+                    pcm.len()
+                }
+            };
+            if self.encoder.is_some() && self.cfg.opus.dtx && len <= 2 {
+                // DTX: nothing to send; time moves on, the next real packet starts a talk spurt.
+                self.ts = self.ts.wrapping_add(self.ts_step);
+                self.marker = true;
+                continue;
+            }
+            self.packet.clear();
+            let h = rtp::RtpHeader {
+                marker: self.marker,
+                payload_type: self.cfg.payload_type,
+                sequence: self.seq,
+                timestamp: self.ts,
+                ssrc: self.cfg.ssrc,
+                csrcs: &[],
+                extension: None,
+            };
+            rtp::build(&h, &self.payload[..len], &mut self.packet)?;
+            emit(&self.packet);
+            self.marker = false;
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(self.ts_step);
+        }
+        self.pending.drain(..off);
+        Ok(())
+    }
+
+    /// Push PCM16 samples at the input rate; `emit` receives each finished RTP packet.
+    pub fn push(&mut self, pcm: &[i16], emit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        match self.resampler.as_mut() {
+            Some(r) => r.process_i16(pcm, &mut self.pending),
+            None => self.pending.extend_from_slice(pcm),
+        }
+        self.encode_frames(emit)
+    }
+
+    /// Push little-endian PCM16 bytes.
+    pub fn push_le_bytes(&mut self, pcm: &[u8], emit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        let r = frame::le_bytes_to_i16(pcm, &mut s).and_then(|_| self.push(&s, emit));
+        self.scratch = s;
+        r
+    }
+
+    /// End of utterance: flush the resampler tail, pad the last frame with silence, encode.
+    pub fn flush(&mut self, emit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        if let Some(r) = self.resampler.as_mut() {
+            r.flush_i16(&mut self.pending);
+        }
+        let rem = self.pending.len() % self.frame_enc;
+        if rem != 0 {
+            self.pending.resize(self.pending.len() + self.frame_enc - rem, 0);
+        }
+        self.encode_frames(emit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speech_like(rate: u32, n: usize, start: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                let t = (i + start) as f32 / rate as f32;
+                ((t * 2.0 * std::f32::consts::PI * 200.0).sin() * 5000.0
+                    + (t * 2.0 * std::f32::consts::PI * 420.0).sin() * 2500.0) as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outbound_then_inbound_opus() {
+        let mut out = OutboundLeg::new(OutboundConfig { ssrc: 7, ..Default::default() }).unwrap();
+        let mut pkts: Vec<Vec<u8>> = Vec::new();
+        for k in 0..50 {
+            out.push(&speech_like(24000, 480, k * 480), &mut |p| pkts.push(p.to_vec())).unwrap();
+        }
+        assert_eq!(pkts.len(), 50);
+        let first = rtp::parse(&pkts[0]).unwrap();
+        assert!(first.marker);
+        assert_eq!(rtp::parse(&pkts[1]).unwrap().timestamp, 960);
+        let mut inb = InboundLeg::new(InboundConfig::default()).unwrap();
+        let mut frame = vec![0i16; 320];
+        let mut kinds = Vec::new();
+        for (k, p) in pkts.iter().enumerate() {
+            let now = k as f64 * 20.0;
+            assert_eq!(inb.insert(p, now).unwrap(), LegInsert::Jitter(InsertResult::Accepted));
+            kinds.push(inb.pop(now, &mut frame).unwrap());
+        }
+        assert!(kinds.iter().filter(|k| **k == FrameKind::Normal).count() >= 45, "{kinds:?}");
+        assert!(frame::rms(&frame) > 1000.0);
+    }
+
+    #[test]
+    fn pcmu_inbound_resamples_to_16k() {
+        let mut out = OutboundLeg::new(OutboundConfig { codec: Codec::Pcmu, input_rate: 16000, payload_type: 0, ..Default::default() }).unwrap();
+        let mut pkts: Vec<Vec<u8>> = Vec::new();
+        for k in 0..20 {
+            out.push(&speech_like(16000, 320, k * 320), &mut |p| pkts.push(p.to_vec())).unwrap();
+        }
+        assert_eq!(rtp::parse(&pkts[0]).unwrap().payload.len(), 160);
+        let mut inb = InboundLeg::new(InboundConfig { codec: Codec::Pcmu, ..Default::default() }).unwrap();
+        let mut frame = vec![0i16; 320];
+        for (k, p) in pkts.iter().enumerate() {
+            inb.insert(p, k as f64 * 20.0).unwrap();
+            inb.pop(k as f64 * 20.0, &mut frame).unwrap();
+        }
+        assert!(frame::rms(&frame) > 1000.0);
+        assert!(inb.resampler_delay_seconds() <= 0.003);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_crash() {
+        let mut inb = InboundLeg::new(InboundConfig::default()).unwrap();
+        assert!(inb.insert(&[0x80, 111], 0.0).is_err());
+        let mut pkt = Vec::new();
+        rtp::build(&rtp::RtpHeader { payload_type: 111, ..Default::default() }, &[0x03], &mut pkt).unwrap();
+        assert!(inb.insert(&pkt, 0.0).is_err());
+        let mut frame = vec![0i16; 319];
+        assert!(inb.pop(0.0, &mut frame).is_err());
+        assert!(InboundLeg::new(InboundConfig { output_rate: 11025, ..Default::default() }).is_err());
+    }
+}
