@@ -98,11 +98,17 @@ class LlmSettings(BaseModel):
 
 
 class TtsClientSettings(BaseModel):
+    # Which engine the Triton model runs for the agent: chatterbox (`model` picks the variant) or espeak.
     provider: Literal["chatterbox", "espeak"] = "espeak"
     triton_url: str = "127.0.0.1:8101"
+    triton_model: str = "tts"
     model: Literal["turbo", "original"] = "turbo"
     default_voice_id: str = "default_female_1"
+    # Whole-utterance deadline; a stream that takes longer is cancelled server-side.
     request_timeout_seconds: float = Field(10.0, gt=0)
+    chunk_duration_ms: int = Field(100, ge=20, le=1000)
+    # Chunks buffered between the gRPC stream and the consumer before reading pauses (backpressure).
+    buffer_chunks: int = Field(3, ge=1)
 
 
 class VadSettings(BaseModel):
@@ -155,12 +161,22 @@ class WorkerSettings(ServerSettings):
 
 
 class ChatterboxServiceSettings(BaseModel):
+    """The TTS node (spec 3.5.5): Triton model `tts` and its HTTP facade on `port`."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    model_name: Literal["chatterbox-turbo", "chatterbox", "espeak-ng"] = "espeak-ng"
+    # "auto": Chatterbox-Turbo where weights, torch and a GPU exist, else the offline espeak-ng engine.
+    model_name: Literal["auto", "chatterbox-turbo", "chatterbox", "espeak-ng"] = "auto"
     device: Literal["cuda", "cpu"] = "cpu"
     precision: Literal["float16", "float32"] = "float16"
+    # Local weight directories (never downloaded at run time): Turbo, and the original 0.5B model.
     weights_path: str = ""
+    original_weights_path: str = ""
+    # Where the facade reaches Triton (gRPC), and the model's name there.
+    triton_url: str = "127.0.0.1:8101"
+    triton_model: str = "tts"
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    max_text_chars: int = Field(5000, ge=1)
     sample_rate: Literal[24000] = 24000
     default_exaggeration: float = Field(0.5, ge=0.25, le=2.0)
     default_cfg_weight: float = Field(0.5, ge=0.0, le=1.0)

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The real NVIDIA Triton server on loopback (CPU), serving tts_triton/model_repository.
+#   scripts/tts.sh up|down|status|restart
+# `up` is idempotent: it fetches the `tritonserver` binary from PyPI's nvidia-pytriton wheel once (the wheel is
+# only unpacked, never installed: its numpy<2 / tritonclient pins conflict with our lock), places the
+# Python 3.11 backend stub into the python backend folder, starts the server and waits until the `tts`
+# model is ready. Ports: VOICE_TRITON_HTTP_PORT (8100), VOICE_TRITON_GRPC_PORT (8101),
+# VOICE_TRITON_METRICS_PORT (8102). Extra server flags: VOICE_TRITON_ARGS (e.g. --model-config-name=gpu).
+# Logs and pid under $VOICE_VAR_DIR/tts (default .var/tts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+VAR=${VOICE_VAR_DIR:-$PWD/.var}
+VENV=${VENV:-.venv}
+HTTP_PORT=${VOICE_TRITON_HTTP_PORT:-8100}
+GRPC_PORT=${VOICE_TRITON_GRPC_PORT:-8101}
+METRICS_PORT=${VOICE_TRITON_METRICS_PORT:-8102}
+MODEL_REPO=${VOICE_TRITON_MODEL_REPOSITORY:-$PWD/tts_triton/model_repository}
+PYTRITON_VERSION=0.7.0
+WHEEL=nvidia_pytriton-${PYTRITON_VERSION}-py3-none-manylinux_2_35_x86_64.whl
+WHEEL_SHA256=21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df
+TRITON_HOME=$VAR/tritonserver-$PYTRITON_VERSION
+TRITON=$TRITON_HOME/pytriton/tritonserver
+STUB_SITE=$VAR/triton-site
+RUN=$VAR/tts
+PIDFILE=$RUN/tritonserver.pid
+LOG=$RUN/tritonserver.log
+
+ensure_tritonserver() {
+  [ -x "$VENV/bin/python" ] || bash scripts/bootstrap.sh
+  if [ ! -x "$TRITON/bin/tritonserver" ]; then
+    step "fetching tritonserver from PyPI (nvidia-pytriton $PYTRITON_VERSION, ~55 MB, once)"
+    local dl="$VAR/downloads"
+    mkdir -p "$dl"
+    if ! echo "$WHEEL_SHA256  $dl/$WHEEL" | sha256sum -c --status 2>/dev/null; then
+      "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        --python-version 3.11 --platform manylinux_2_35_x86_64 -d "$dl" "nvidia-pytriton==$PYTRITON_VERSION"
+      echo "$WHEEL_SHA256  $dl/$WHEEL" | sha256sum -c --status || die "checksum mismatch for $dl/$WHEEL"
+    fi
+    rm -rf "$TRITON_HOME.tmp"
+    "$VENV/bin/python" -m zipfile -e "$dl/$WHEEL" "$TRITON_HOME.tmp"
+    # zip archives do not keep the executable bit.
+    chmod +x "$TRITON_HOME.tmp/pytriton/tritonserver/bin/tritonserver" \
+      "$TRITON_HOME.tmp"/pytriton/tritonserver/python_backend_stubs/*/triton_python_backend_stub
+    rm -rf "$TRITON_HOME" && mv "$TRITON_HOME.tmp" "$TRITON_HOME"
+  fi
+  # Packages for the stub's interpreter, separate from .venv: the stub needs numpy<2 (see the file).
+  local want; want=$(sha256sum tts_triton/stub-requirements.txt | cut -c1-16)
+  if [ "$(cat "$STUB_SITE/.hash" 2>/dev/null)" != "$want" ]; then
+    step "installing the Triton stub's Python packages into $STUB_SITE"
+    rm -rf "$STUB_SITE"
+    "$VENV/bin/uv" pip install --quiet --no-deps --target "$STUB_SITE" --python-version 3.11 \
+      --python-platform x86_64-manylinux_2_28 -r tts_triton/stub-requirements.txt
+    echo "$want" >"$STUB_SITE/.hash"
+  fi
+  # The python backend runs each model instance in this stub; it embeds the system's libpython3.11.
+  local stub="$TRITON/backends/python/triton_python_backend_stub"
+  [ -x "$stub" ] || install -m 0755 "$TRITON/python_backend_stubs/3.11/triton_python_backend_stub" "$stub"
+  ldconfig -p 2>/dev/null | grep -q 'libpython3.11.so.1.0' || [ -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] \
+    || die "libpython3.11 (Debian package libpython3.11) is needed by the Triton python backend stub"
+}
+
+running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+ready() { curl -fs -o /dev/null "http://127.0.0.1:$HTTP_PORT/v2/models/tts/ready"; }
+
+up() {
+  if ready; then status; return; fi
+  if running; then
+    step "tritonserver (pid $(cat "$PIDFILE")) is running but not ready; restarting it"
+    down
+  fi
+  port_open 127.0.0.1 "$GRPC_PORT" && die "port $GRPC_PORT is taken by another process (not our tritonserver)"
+  ensure_tritonserver
+  mkdir -p "$RUN"
+  step "starting tritonserver on 127.0.0.1:$GRPC_PORT (gRPC), :$HTTP_PORT (HTTP), :$METRICS_PORT (metrics)"
+  # The stub's interpreter is the system Python 3.11 (isolated: it ignores PYTHONPATH); model.py puts
+  # TTS_TRITON_PYTHONPATH on sys.path: the repository (tts_triton, services.shared) and the stub's own
+  # packages (numpy<2, soxr, pydantic). The voice storage path is made absolute, so the model reads the
+  # same directory as the HTTP facade started from the repository root.
+  # setsid: the server gets its own process group so `down` can stop it and its stubs together.
+  LD_LIBRARY_PATH="$TRITON_HOME/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  TTS_TRITON_PYTHONPATH="$PWD:$STUB_SITE" \
+  CHATTERBOX_SERVICE__STORAGE_PATH="$(realpath -m "${CHATTERBOX_SERVICE__STORAGE_PATH:-.var/voices}")" \
+    setsid nohup "$TRITON/bin/tritonserver" \
+      --model-repository="$MODEL_REPO" \
+      --backend-directory="$TRITON/backends" \
+      --cache-directory="$TRITON/caches" \
+      --http-address=127.0.0.1 --http-port="$HTTP_PORT" \
+      --grpc-address=127.0.0.1 --grpc-port="$GRPC_PORT" \
+      --metrics-address=127.0.0.1 --metrics-port="$METRICS_PORT" \
+      --allow-cpu-metrics=true --allow-gpu-metrics=false \
+      --strict-readiness=true --exit-on-error=true \
+      --log-info=true --log-warning=true --log-error=true \
+      ${VOICE_TRITON_ARGS:-} >"$LOG" 2>&1 </dev/null &
+  echo $! >"$PIDFILE"
+  local i
+  for ((i = 0; i < 600; i++)); do
+    ready && { status; return; }
+    running || { tail -n 40 "$LOG" >&2; die "tritonserver exited during start-up; log: $LOG"; }
+    sleep 0.1
+  done
+  tail -n 40 "$LOG" >&2
+  die "tritonserver did not become ready within 60 s; log: $LOG"
+}
+
+down() {
+  if running; then
+    local pid; pid=$(cat "$PIDFILE")
+    # SIGTERM lets Triton unload the model (finalize) and stop its stub processes.
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$PIDFILE"
+}
+
+status() {
+  if ready; then
+    echo "tritonserver up    127.0.0.1:$GRPC_PORT (gRPC) :$HTTP_PORT (HTTP) :$METRICS_PORT (metrics), model tts ready"
+  elif running; then
+    echo "tritonserver starting (pid $(cat "$PIDFILE")), model tts not ready; log: $LOG"; return 1
+  else
+    echo "tritonserver down  127.0.0.1:$GRPC_PORT"; return 1
+  fi
+}
+
+case "${1:-status}" in
+  up) up ;;
+  down) down; echo "tritonserver stopped" ;;
+  restart) down; up ;;
+  status) status ;;
+  *) die "usage: $0 up|down|status|restart" ;;
+esac
