@@ -9,6 +9,7 @@ pub mod g711;
 pub mod jitter;
 pub mod legs;
 pub mod opus;
+mod py;
 pub mod resample;
 pub mod rtp;
 
@@ -27,7 +28,7 @@ fn native_version() -> &'static str {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(native_version, m)?)?;
-    Ok(())
+    py::register(m)
 }
 
 #[cfg(test)]
