@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The real NVIDIA Triton server on loopback (CPU), serving tts_triton/model_repository.
-#   scripts/tts.sh up|down|status|restart
+# The TTS node on loopback: the real NVIDIA Triton server (CPU) serving tts_triton/model_repository, and
+# the HTTP facade (spec 3.5.4) in front of it.
+#   scripts/tts.sh up|down|status|restart      (both)
+#   scripts/tts.sh triton-up                    (Triton only: what the tests need)
 # `up` is idempotent: it fetches the `tritonserver` binary from PyPI's nvidia-pytriton wheel once (the wheel is
 # only unpacked, never installed: its numpy<2 / tritonclient pins conflict with our lock), places the
 # Python 3.11 backend stub into the python backend folder, starts the server and waits until the `tts`
 # model is ready. Ports: VOICE_TRITON_HTTP_PORT (8100), VOICE_TRITON_GRPC_PORT (8101),
 # VOICE_TRITON_METRICS_PORT (8102). Extra server flags: VOICE_TRITON_ARGS (e.g. --model-config-name=gpu).
-# Logs and pid under $VOICE_VAR_DIR/tts (default .var/tts).
+# Facade port: CHATTERBOX_SERVICE__PORT (8080). Logs and pids under $VOICE_VAR_DIR/tts (default .var/tts).
+# A running server whose model code differs from the checkout (hash of tts_triton/ and the settings) is
+# restarted by `up`, so tests never run against stale model code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -26,6 +30,9 @@ STUB_SITE=$VAR/triton-site
 RUN=$VAR/tts
 PIDFILE=$RUN/tritonserver.pid
 LOG=$RUN/tritonserver.log
+FACADE_PORT=${CHATTERBOX_SERVICE__PORT:-8080}
+FACADE_PIDFILE=$RUN/facade.pid
+FACADE_LOG=$RUN/facade.log
 
 ensure_tritonserver() {
   [ -x "$VENV/bin/python" ] || bash scripts/bootstrap.sh
@@ -63,12 +70,16 @@ ensure_tritonserver() {
 
 running() { [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 ready() { curl -fs -o /dev/null "http://127.0.0.1:$HTTP_PORT/v2/models/tts/ready"; }
+code_hash() {
+  cat $(find tts_triton services/shared/settings.py services/agent/providers/tts -type f \
+    \( -name '*.py' -o -name '*.pbtxt' -o -name '*.txt' \) | sort) scripts/tts.sh | sha256sum | cut -c1-16
+}
 
-up() {
-  if ready; then status; return; fi
+triton_up() {
+  if ready && [ "$(cat "$RUN/code.hash" 2>/dev/null)" = "$(code_hash)" ]; then return; fi
   if running; then
-    step "tritonserver (pid $(cat "$PIDFILE")) is running but not ready; restarting it"
-    down
+    step "restarting tritonserver (pid $(cat "$PIDFILE")): not ready, or its model code changed"
+    triton_down
   fi
   port_open 127.0.0.1 "$GRPC_PORT" && die "port $GRPC_PORT is taken by another process (not our tritonserver)"
   ensure_tritonserver
@@ -94,9 +105,10 @@ up() {
       --log-info=true --log-warning=true --log-error=true \
       ${VOICE_TRITON_ARGS:-} >"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
+  code_hash >"$RUN/code.hash"
   local i
   for ((i = 0; i < 600; i++)); do
-    ready && { status; return; }
+    ready && return
     running || { tail -n 40 "$LOG" >&2; die "tritonserver exited during start-up; log: $LOG"; }
     sleep 0.1
   done
@@ -104,7 +116,38 @@ up() {
   die "tritonserver did not become ready within 60 s; log: $LOG"
 }
 
-down() {
+facade_running() { [ -s "$FACADE_PIDFILE" ] && kill -0 "$(cat "$FACADE_PIDFILE")" 2>/dev/null; }
+facade_ready() { curl -fs -o /dev/null "http://127.0.0.1:$FACADE_PORT/health"; }
+
+facade_up() {
+  if facade_running && facade_ready && [ "$(cat "$RUN/facade.hash" 2>/dev/null)" = "$(code_hash)" ]; then return; fi
+  facade_down
+  port_open 127.0.0.1 "$FACADE_PORT" && die "port $FACADE_PORT is taken by another process (not our TTS facade)"
+  step "starting the TTS HTTP facade on 127.0.0.1:$FACADE_PORT"
+  CHATTERBOX_SERVICE__STORAGE_PATH="$(realpath -m "${CHATTERBOX_SERVICE__STORAGE_PATH:-.var/voices}")" \
+    setsid nohup "$VENV/bin/python" -m tts_triton.facade --port "$FACADE_PORT" >"$FACADE_LOG" 2>&1 </dev/null &
+  echo $! >"$FACADE_PIDFILE"
+  code_hash >"$RUN/facade.hash"
+  local i
+  for ((i = 0; i < 300; i++)); do
+    facade_ready && return
+    facade_running || { tail -n 20 "$FACADE_LOG" >&2; die "the TTS facade exited during start-up; log: $FACADE_LOG"; }
+    sleep 0.1
+  done
+  die "the TTS facade did not answer /health within 30 s; log: $FACADE_LOG"
+}
+
+facade_down() {
+  if facade_running; then
+    local pid; pid=$(cat "$FACADE_PIDFILE")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$FACADE_PIDFILE"
+}
+
+triton_down() {
   if running; then
     local pid; pid=$(cat "$PIDFILE")
     # SIGTERM lets Triton unload the model (finalize) and stop its stub processes.
@@ -115,20 +158,27 @@ down() {
   rm -f "$PIDFILE"
 }
 
+down() { facade_down; triton_down; }
+
 status() {
+  local ok=0
   if ready; then
     echo "tritonserver up    127.0.0.1:$GRPC_PORT (gRPC) :$HTTP_PORT (HTTP) :$METRICS_PORT (metrics), model tts ready"
   elif running; then
-    echo "tritonserver starting (pid $(cat "$PIDFILE")), model tts not ready; log: $LOG"; return 1
+    echo "tritonserver starting (pid $(cat "$PIDFILE")), model tts not ready; log: $LOG"; ok=1
   else
-    echo "tritonserver down  127.0.0.1:$GRPC_PORT"; return 1
+    echo "tritonserver down  127.0.0.1:$GRPC_PORT"; ok=1
   fi
+  if facade_ready; then echo "tts facade   up    http://127.0.0.1:$FACADE_PORT (/synthesize, /voices, /health, /metrics)"
+  else echo "tts facade   down  http://127.0.0.1:$FACADE_PORT"; ok=1; fi
+  return $ok
 }
 
 case "${1:-status}" in
-  up) up ;;
-  down) down; echo "tritonserver stopped" ;;
-  restart) down; up ;;
+  up) triton_up; facade_up; status ;;
+  triton-up) triton_up ;;
+  down) down; echo "TTS node stopped" ;;
+  restart) down; triton_up; facade_up; status ;;
   status) status ;;
-  *) die "usage: $0 up|down|status|restart" ;;
+  *) die "usage: $0 up|triton-up|down|status|restart" ;;
 esac

@@ -28,7 +28,6 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from services.shared.settings import load_settings  # noqa: E402
 from tts_triton.core import RequestError, SynthesisParams, TtsCore  # noqa: E402
-from tts_triton.engines import SynthesisError  # noqa: E402
 
 log = logging.getLogger("tts_triton.model")
 
@@ -161,24 +160,21 @@ class TritonPythonModel:
                     return
             # The stream ended without a final chunk: the client cancelled.
             self.m_cancelled.increment(1)
-            sender.send(
-                pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError("cancelled", pb_utils.TritonError.CANCELLED)
-                ),
-                flags=final,
-            )
+            error = pb_utils.TritonError("cancelled: by the client", pb_utils.TritonError.CANCELLED)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
         except RequestError as exc:
             self.m_errors.increment(1)
+            # Triton's stream responses carry only the message, not the code: the message starts with the
+            # kind ("invalid_argument: text is empty") so clients can classify it.
             code = getattr(pb_utils.TritonError, _ERROR_CODES[exc.kind])
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code)), flags=final)
-        except (SynthesisError, Exception) as exc:
+            error = pb_utils.TritonError(f"{exc.kind}: {exc}", code)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+        except Exception as exc:
             # Any failure ends this request with an error; the instance stays up for the next one.
             self.m_errors.increment(1)
             log.exception("synthesis failed")
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"synthesis failed: {exc}")),
-                flags=final,
-            )
+            error = pb_utils.TritonError(f"internal: synthesis failed: {exc}")
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
         finally:
             self.m_busy.set(0)
 

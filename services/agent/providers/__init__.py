@@ -1,0 +1,1 @@
+"""Provider adapters behind the ports in services/agent/ports.py, one package per port."""
