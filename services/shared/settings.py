@@ -51,6 +51,16 @@ class ApiGatewaySettings(BaseModel):
     rate_limiting: RateLimitSettings = RateLimitSettings()
     authentication: AuthSettings = AuthSettings()
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Where the annotated services are served; empty = the control plane (control.host:grpc_port).
+    control_target: str = ""
+    # Annotated services the gateway does not route (the TTS facade serves its own HTTP).
+    excluded_services: list[str] = ["voice.v1.TtsService"]
+    # Deadline of an upstream call when the client sends no Grpc-Timeout header.
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # How long a verified API key is reused without a database lookup; a revocation made through this
+    # gateway process takes effect at once, one made elsewhere within this many seconds.
+    auth_cache_seconds: float = Field(5.0, ge=0)
+    database_pool_size: int = Field(4, ge=1)
 
 
 class BridgeAudioSettings(BaseModel):
@@ -125,6 +135,22 @@ class ConversationSettings(BaseModel):
     transfer_enabled: bool = True
 
 
+class TurnTakingSettings(BaseModel):
+    """Endpointing, barge-in and idle handling (defaults when the agent's record leaves them unset)."""
+
+    # Wait this long after the caller stops before answering; longer when the words so far end like an
+    # unfinished phone number or spelling, so the caller is not cut off between digit groups.
+    grace_ms: int = Field(400, ge=0)
+    unfinished_grace_ms: int = Field(1500, ge=0)
+    # Caller speech needed to interrupt the agent (coughs and "uh-huh" are shorter).
+    barge_in_min_speech_ms: int = Field(400, ge=0)
+    # An interruption with no recognised words within this time was noise: the agent re-offers its reply.
+    false_interruption_ms: int = Field(1500, ge=100)
+    idle_prompt_seconds: float = Field(8.0, gt=0)
+    max_idle_prompts: int = Field(2, ge=0)
+    max_call_duration_seconds: int = Field(3600, ge=1)
+
+
 class ToolSettings(BaseModel):
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     max_concurrent_tools: int = Field(3, ge=1)
@@ -138,12 +164,19 @@ class AgentServiceSettings(ServerSettings):
     tts: TtsClientSettings = TtsClientSettings()
     vad: VadSettings = VadSettings()
     conversation: ConversationSettings = ConversationSettings()
+    turn_taking: TurnTakingSettings = TurnTakingSettings()
     tools: ToolSettings = ToolSettings()
 
 
 class ControlSettings(ServerSettings):
     grpc_port: int = Field(50053, ge=0, le=65535)
     metrics_port: int = Field(9103, ge=0, le=65535)
+    # Signed internal auth headers older than this are refused (replay window, clock skew included).
+    internal_auth_max_age_seconds: int = Field(300, ge=1)
+    # Outbound calls are refused when the tenant's credit buckets hold less than this.
+    min_credit_minutes: float = Field(1.0, ge=0)
+    # Prepaid minutes a new tenant starts with (a "trial" credit bucket); 0 = none.
+    trial_credit_minutes: float = Field(60.0, ge=0)
 
 
 class RetrySettings(BaseModel):
@@ -222,6 +255,9 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = None
     chatterbox_url: str | None = None
     jwt_secret: SecretStr | None = None
+    # Shared by the gateway and internal callers to sign the tenant context they send the control plane
+    # (services/control/auth.py). Development/test without it: a random secret kept in .var/secrets/.
+    internal_auth_secret: SecretStr | None = None
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -55,6 +55,11 @@ class ApiKeyServiceStub:
                 request_serializer=voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateAccessToken = channel.unary_unary(
+                '/voice.v1.ApiKeyService/CreateAccessToken',
+                request_serializer=voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ApiKeyServiceServicer:
@@ -85,6 +90,15 @@ class ApiKeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAccessToken(self, request, context):
+        """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
+        The token carries the caller's tenant and at most the caller's permission; it expires after the
+        gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiKeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +121,11 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'CreateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAccessToken,
+                    request_deserializer=voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +237,33 @@ class ApiKeyService:
             '/voice.v1.ApiKeyService/RevokeApiKey',
             voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyRequest.SerializeToString,
             voice_dot_v1_dot_api__keys__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.ApiKeyService/CreateAccessToken',
+            voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenRequest.SerializeToString,
+            voice_dot_v1_dot_api__keys__pb2.CreateAccessTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

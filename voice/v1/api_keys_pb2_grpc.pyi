@@ -37,6 +37,11 @@ class ApiKeyServiceStub:
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.CreateApiKeyRequest, _api_keys_pb2.CreateApiKeyResponse]
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.GetApiKeyResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.RevokeApiKeyResponse]
+    CreateAccessToken: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.CreateAccessTokenRequest, _api_keys_pb2.CreateAccessTokenResponse]
+    """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
+    The token carries the caller's tenant and at most the caller's permission; it expires after the
+    gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+    """
 
 @_typing.type_check_only
 class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
@@ -47,6 +52,11 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.CreateApiKeyRequest, _api_keys_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     GetApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.GetApiKeyRequest, _api_keys_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    CreateAccessToken: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.CreateAccessTokenRequest, _api_keys_pb2.CreateAccessTokenResponse]  # type: ignore[assignment]
+    """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
+    The token carries the caller's tenant and at most the caller's permission; it expires after the
+    gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+    """
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """API keys of a tenant (sent as X-API-Key). Stored as SHA-256 hashes; the key is shown once."""
@@ -78,5 +88,16 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_keys_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.RevokeApiKeyResponse, _abc.Awaitable[_api_keys_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateAccessToken(
+        self,
+        request: _api_keys_pb2.CreateAccessTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_keys_pb2.CreateAccessTokenResponse, _abc.Awaitable[_api_keys_pb2.CreateAccessTokenResponse]]:
+        """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
+        The token carries the caller's tenant and at most the caller's permission; it expires after the
+        gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+        """
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
