@@ -146,6 +146,8 @@ class OpusEncoder:
         ``packet_loss_perc``; DTX emits tiny packets during silence."""
     def encode(self, pcm: Buffer) -> bytes:
         """Encode exactly one frame of interleaved PCM16; returns the Opus packet."""
+    def encode_many(self, pcm: Buffer, frame_samples: int) -> int:
+        """Encode consecutive frames with the GIL released; returns total packet bytes (dropped)."""
     def set_bitrate(self, bitrate: int) -> None:
         """Change the target bitrate (500..512000 bit/s)."""
     def set_packet_loss_perc(self, perc: int) -> None:

@@ -328,6 +328,29 @@ impl OpusEncoder {
         Ok(PyBytes::new(py, &self.out[..n]))
     }
 
+    /// Encode consecutive frames of `frame_samples` from one PCM16 buffer with the GIL released
+    /// (batch work); returns the total packet bytes produced.
+    fn encode_many(&mut self, py: Python<'_>, pcm: &Bound<'_, PyAny>, frame_samples: usize) -> PyResult<usize> {
+        self.pcm.clear();
+        pcm16_in(pcm, &mut self.pcm)?;
+        let ch = self.inner.config().channels as usize;
+        if frame_samples == 0 || self.pcm.len() % (frame_samples * ch) != 0 {
+            return Err(PyValueError::new_err(format!(
+                "buffer of {} samples is not a whole number of {frame_samples}-sample frames",
+                self.pcm.len()
+            )));
+        }
+        let (inner, pcm, out) = (&mut self.inner, &self.pcm, &mut self.out);
+        let r: Result<usize, Error> = py.detach(|| {
+            let mut total = 0;
+            for f in pcm.chunks_exact(frame_samples * ch) {
+                total += inner.encode(f, out)?;
+            }
+            Ok(total)
+        });
+        Ok(r?)
+    }
+
     fn set_bitrate(&mut self, bitrate: i32) -> PyResult<()> {
         Ok(self.inner.set_bitrate(bitrate)?)
     }
