@@ -64,3 +64,17 @@ test: setup check-generated lint typecheck proto-lint proto-breaking rust-check 
 lock: ## re-resolve requirements.lock after editing pyproject.toml dependencies
 	@$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
+
+bench-audio: setup ## audio_core legs vs PyAV / ctypes-libopus+soxr / libopus floor; prints one JSON object
+	@ldconfig -p | grep -q 'libopus\.so' || { echo "installing libopus0 for the ctypes baseline" >&2; \
+	  apt-get install -y -qq --no-install-recommends libopus0 >/dev/null; }
+	@$(PY) -m benchmarks.audio.bench
+
+FUZZ_SECONDS ?= 60
+fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not in CI)
+	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@cd audio_core && for t in rtp_parse opus_decode jitter_buffer; do \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done

@@ -38,7 +38,11 @@ def log(msg: str) -> None:
 def speech_like(rate: int, seconds: float) -> npt.NDArray[np.int16]:
     t = np.arange(int(rate * seconds)) / rate
     env = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
-    x = np.sin(2 * np.pi * 180 * t) * 6000 + np.sin(2 * np.pi * 360 * t) * 3000 + np.sin(2 * np.pi * 900 * t) * 800
+    x = (
+        np.sin(2 * np.pi * 180 * t) * 6000
+        + np.sin(2 * np.pi * 360 * t) * 3000
+        + np.sin(2 * np.pi * 900 * t) * 800
+    )
     y: npt.NDArray[np.int16] = (x * env).astype(np.int16)
     return y
 
@@ -86,7 +90,12 @@ class CtypesOpus:
             ctypes.c_int,
         ]
         lib.opus_encoder_create.restype = ctypes.c_void_p
-        lib.opus_encoder_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+        lib.opus_encoder_create.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_int),
+        ]
         lib.opus_encode.argtypes = [
             ctypes.c_void_p,
             ctypes.c_void_p,
@@ -152,7 +161,9 @@ def main() -> None:
 
     def ours_inbound(decode_rate: int | None) -> Callable[[], Callable[[int], object]]:
         def setup() -> Callable[[int], object]:
-            leg = ac.InboundLeg(codec="opus", output_rate=16000, decode_rate=decode_rate, initial_delay_ms=20.0)
+            leg = ac.InboundLeg(
+                codec="opus", output_rate=16000, decode_rate=decode_rate, initial_delay_ms=20.0
+            )
 
             def step(k: int) -> object:
                 k %= FRAMES
@@ -170,9 +181,9 @@ def main() -> None:
 
     def pyav_setup() -> Callable[[int], object]:
         codec = av.CodecContext.create("libopus", "r")
-        codec.sample_rate = 48000  # type: ignore[attr-defined]
-        codec.layout = "mono"  # type: ignore[attr-defined]
-        codec.format = "s16"  # type: ignore[attr-defined]
+        codec.sample_rate = 48000
+        codec.layout = "mono"
+        codec.format = "s16"
         res = av.AudioResampler(format="s16", layout="mono", rate=16000)
 
         def step(k: int) -> object:
@@ -181,7 +192,7 @@ def main() -> None:
             _, _, _seq, _ts, _ = RTP_HDR.unpack_from(pkt)
             out = []
             for frame in codec.decode(av.Packet(pkt[12:])):
-                out += res.resample(frame)  # type: ignore[arg-type]
+                out += res.resample(frame)
             return out
 
         return step
@@ -233,7 +244,9 @@ def main() -> None:
 
     def ours_outbound(encode_rate: int | None) -> Callable[[], Callable[[int], object]]:
         def setup() -> Callable[[int], object]:
-            leg = ac.OutboundLeg(input_rate=24000, encode_rate=encode_rate, bitrate=BITRATE, complexity=COMPLEXITY)
+            leg = ac.OutboundLeg(
+                input_rate=24000, encode_rate=encode_rate, bitrate=BITRATE, complexity=COMPLEXITY
+            )
             return lambda k: leg.push(frames24[k % FRAMES])
 
         return setup
@@ -245,9 +258,9 @@ def main() -> None:
 
     def pyav_out_setup() -> Callable[[int], object]:
         codec = av.CodecContext.create("libopus", "w")
-        codec.sample_rate = 48000  # type: ignore[attr-defined]
-        codec.layout = "mono"  # type: ignore[attr-defined]
-        codec.format = "s16"  # type: ignore[attr-defined]
+        codec.sample_rate = 48000
+        codec.layout = "mono"
+        codec.format = "s16"
         codec.bit_rate = BITRATE
         codec.options = {"compression_level": str(COMPLEXITY), "application": "voip"}
         res = av.AudioResampler(format="s16", layout="mono", rate=48000, frame_size=960)
@@ -259,7 +272,7 @@ def main() -> None:
             frame.sample_rate = 24000
             out = []
             for f in res.resample(frame):
-                for p in codec.encode(f):  # type: ignore[attr-defined]
+                for p in codec.encode(f):
                     out.append(python_rtp(111, state["seq"], state["seq"] * 960, bytes(p)))
                     state["seq"] += 1
             return out
