@@ -14,6 +14,7 @@ from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.routes import Route
+from services.control.common import repeated
 
 VERSION = "0.1.0"
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -100,7 +101,7 @@ class _Schemas:
             value = f.message_type.fields_by_name["value"]
             return {"type": "object", "additionalProperties": self.scalar(value)}
         schema = self.scalar(f)
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if repeated(f):
             schema = {"type": "array", "items": schema}
         if field_behavior_pb2.OUTPUT_ONLY in _behaviors(f):
             schema = (
@@ -143,7 +144,7 @@ def _query_parameters(schemas: _Schemas, d: Descriptor, skip: frozenset[str], pr
         name = f"{prefix}{f.name}"
         is_message = f.type == FieldDescriptor.TYPE_MESSAGE
         if is_message and f.message_type.full_name not in _WKT:
-            if f.label != FieldDescriptor.LABEL_REPEATED and not f.message_type.GetOptions().map_entry:
+            if not repeated(f) and not f.message_type.GetOptions().map_entry:
                 params.extend(_query_parameters(schemas, f.message_type, frozenset(), f"{name}."))
             continue
         if is_message and f.message_type.full_name in ("google.protobuf.Struct", "google.protobuf.Value"):
@@ -155,7 +156,7 @@ def _query_parameters(schemas: _Schemas, d: Descriptor, skip: frozenset[str], pr
                 "in": "query",
                 "required": False,
                 "schema": schema,
-                **({"explode": True, "style": "form"} if f.label == FieldDescriptor.LABEL_REPEATED else {}),
+                **({"explode": True, "style": "form"} if repeated(f) else {}),
             }
         )
     return params

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # noqa: F401  (registers detail types)
 
 from gateway.routes import PathVariable, Route
+from services.control.common import repeated
 
 # grpc-gateway v2 runtime.HTTPStatusFromCode.
 HTTP_STATUS = {
@@ -162,14 +163,14 @@ def _query_dict(route: Route, query: str) -> dict[str, Any]:
                 ):
                     raise TranscodeError(f"query parameter {key!r} is not a scalar field", key)
                 value = _query_value(f, raw, key)
-                if f.label == FieldDescriptor.LABEL_REPEATED:
+                if repeated(f):
                     target.setdefault(json_name(f), []).append(value)
                 elif json_name(f) in target:
                     raise TranscodeError(f"query parameter {key!r} repeated", key)
                 else:
                     target[json_name(f)] = value
             else:
-                if f.type != FieldDescriptor.TYPE_MESSAGE or f.label == FieldDescriptor.LABEL_REPEATED:
+                if f.type != FieldDescriptor.TYPE_MESSAGE or repeated(f):
                     raise TranscodeError(f"unknown query parameter {key!r}", key)
                 nested = target.setdefault(json_name(f), {})
                 if not isinstance(nested, dict):
@@ -188,7 +189,7 @@ def _mask_paths(desc: Descriptor, body: dict[str, Any], prefix: str = "") -> lis
         path = f"{prefix}{f.name}"
         nested = (
             f.type == FieldDescriptor.TYPE_MESSAGE
-            and f.label != FieldDescriptor.LABEL_REPEATED
+            and not repeated(f)
             and not f.message_type.GetOptions().map_entry
             and f.message_type.full_name not in _WKT_SCALARS | _MAP_LIKE
             and isinstance(value, dict)

@@ -29,6 +29,11 @@ M = TypeVar("M", bound=Message)
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
+def repeated(f: FieldDescriptor) -> bool:
+    """Whether a field is repeated (FieldDescriptor.label is deprecated in protobuf 6)."""
+    return bool(getattr(f, "is_repeated"))  # noqa: B009  (missing from the stubs)
+
+
 def parse_id(value: str, kind: str) -> uuid.UUID:
     """An object id from a request. A malformed id names no object, so it is NOT_FOUND like any other."""
     try:
@@ -64,7 +69,7 @@ def check_strings(message: Message, prefix: str = "") -> None:
     for field, value in message.ListFields():
         name = f"{prefix}{field.name}"
         if field.type == FieldDescriptor.TYPE_STRING:
-            values: Iterable[Any] = value if field.label == FieldDescriptor.LABEL_REPEATED else (value,)
+            values: Iterable[Any] = value if repeated(field) else (value,)
             if field.message_type is None and any("\x00" in v for v in values):
                 raise invalid(name, "must not contain NUL characters")
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -74,7 +79,7 @@ def check_strings(message: Message, prefix: str = "") -> None:
                         raise invalid(name, "must not contain NUL characters")
                     if isinstance(v, Message):
                         check_strings(v, f"{name}.")
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
+            elif repeated(field):
                 for i, item in enumerate(value):
                     check_strings(item, f"{name}[{i}].")
             else:
@@ -151,7 +156,7 @@ def _valid_path(descriptor: Any, parts: list[str]) -> bool:
         return False
     if len(parts) == 1:
         return True
-    if field.message_type is None or field.label == FieldDescriptor.LABEL_REPEATED:
+    if field.message_type is None or repeated(field):
         return False
     if field.message_type.GetOptions().map_entry:
         return False

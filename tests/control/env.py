@@ -1,0 +1,144 @@
+"""A control plane (and gateway) on the real local PostgreSQL / Redis / NATS, in a fresh schema.
+
+Each test session migrates its own PostgreSQL schema (`cp_<random>`, selected with search_path in the
+database URL) and drops it at the end, so runs are repeatable and never touch the development data.
+Servers listen on ephemeral ports. Shared by tests/control and tests/gateway (their conftests import
+the fixtures from here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+import uvicorn
+
+from gateway.app import Gateway
+from gateway.bootstrap import bootstrap
+from services.control.auth import InternalAuth, Permission, Principal, internal_auth
+from services.control.migrate import migrate_url
+from services.control.server import build_server, build_state
+from services.control.state import ControlState
+from services.shared.dependency_health import check_all
+from services.shared.grpc_server import GrpcServer
+from services.shared.settings import Settings, load_settings
+
+
+@dataclass
+class ControlPlane:
+    settings: Settings
+    server: GrpcServer
+    state: ControlState
+    auth: InternalAuth
+    pool: asyncpg.Pool
+    channel: grpc.aio.Channel
+
+    def metadata(
+        self, tenant_id: str, permission: Permission = Permission.ADMIN, *, platform_admin: bool = False
+    ) -> list[tuple[str, str]]:
+        return self.auth.metadata(Principal(tenant_id, "test", permission, platform_admin))
+
+    async def tenant(self, name: str = "Tenant", *, platform_admin: bool = False) -> tuple[str, str]:
+        """A fresh tenant and an admin API key for it: (tenant id, key)."""
+        async with self.pool.acquire() as conn:
+            tenant_id, _, key = await bootstrap(conn, name, trial_minutes=60.0, platform_admin=platform_admin)
+        return str(tenant_id), key
+
+
+async def _require_services(settings: Settings) -> None:
+    down = [dep for dep in await check_all(settings) if not dep.healthy]
+    if down:
+        details = "; ".join(f"{d.name}: {d.detail}" for d in down)
+        pytest.fail(f"local services down ({details}); start them with `make services`", pytrace=False)
+
+
+def make_settings(base: Settings, database_url: str, **gateway: object) -> Settings:
+    control = base.control.model_copy(update={"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0})
+    api_gateway = base.api_gateway.model_copy(
+        update={"host": "127.0.0.1", "port": 0, "workers": 1, **gateway}
+    )
+    return load_settings(
+        environment="test",
+        database_url=database_url,
+        internal_auth_secret=secrets.token_hex(32),
+        jwt_secret=secrets.token_hex(32),
+        control=control,
+        api_gateway=api_gateway,
+        log_format="text",
+    )
+
+
+@contextlib.asynccontextmanager
+async def control_plane(base: Settings) -> AsyncIterator[ControlPlane]:
+    await _require_services(base)
+    schema = f"cp_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(base.database_url)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    url = base.database_url + ("&" if "?" in base.database_url else "?") + f"search_path={schema}"
+    try:
+        await migrate_url(url)
+        # A rate limit far above what the suite sends; tests of the limiter start their own gateway.
+        cfg = make_settings(base, url)
+        state = build_state(cfg)
+        server = build_server(cfg, state)
+        await server.start()
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        channel = grpc.aio.insecure_channel(server.address)
+        try:
+            yield ControlPlane(cfg, server, state, internal_auth(cfg), pool, channel)
+        finally:
+            await channel.close()
+            await server.stop(0)
+            await state.close()
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
+
+@dataclass
+class RunningGateway:
+    app: Gateway
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(cp: ControlPlane, **gateway: object) -> AsyncIterator[RunningGateway]:
+    """The gateway in this process on an ephemeral port, pointed at `cp`, with setting overrides."""
+    update = {"control_target": cp.server.address, **gateway}
+    cfg = cp.settings.model_copy(update={"api_gateway": cp.settings.api_gateway.model_copy(update=update)})
+    # Same secrets as the control plane: it must verify what this gateway signs.
+    app = Gateway(cfg)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, http="httptools")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield RunningGateway(app, server, task, port)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
