@@ -1,13 +1,123 @@
-"""The agent service's gRPC server: AgentSessionService.Converse, one stream per call. The
-conversation engine lands with the agent issue; until then Converse answers UNIMPLEMENTED."""
+"""The agent service: AgentSessionService.Converse, one conversation per call.
+
+Each call is an independent CallSession; a failure in one (bad input, a provider error) ends only that
+stream with a gRPC status. The servicer validates the Start message, loads the agent and hands the
+stream to the session.
+"""
 
 from __future__ import annotations
 
-from services.shared.grpc_server import GrpcServer, bind
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.agent.demo_agent import demo_agent
+from services.agent.directory import AgentDirectory, AgentNotFoundError, StaticDirectory
+from services.agent.metrics import AgentMetrics
+from services.agent.pipeline.errors import SessionError
+from services.agent.pipeline.session import CallSession
+from services.agent.profile import build_profile
+from services.agent.providers.factory import ProviderFactory
+from services.shared.grpc_server import Context, GrpcServer, bind
+from services.shared.logging import log_context
 from services.shared.settings import Settings
-from voice.v1 import agent_session_pb2, agent_session_pb2_grpc
+from voice.v1 import agent_session_pb2, agent_session_pb2_grpc, media_pb2
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0
 
 
-def build_server(settings: Settings) -> GrpcServer:
-    bindings = [bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService")]
-    return GrpcServer("agent", settings.agent_service, bindings)
+class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
+    def __init__(
+        self, settings: Settings, directory: AgentDirectory, providers: ProviderFactory, metrics: AgentMetrics
+    ) -> None:
+        self._settings = settings.agent_service
+        self._directory = directory
+        self._providers = providers
+        self._metrics = metrics
+
+    async def Converse(
+        self, request_iterator: AsyncIterator[agent_session_pb2.ConverseRequest], context: Context
+    ) -> AsyncIterator[agent_session_pb2.ConverseResponse]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), START_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `start` (none received)"
+            )
+        if first.WhichOneof("event") != "start":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message must be `start`, got `{first.WhichOneof('event') or 'nothing'}`",
+            )
+        start = first.start
+        missing = [name for name in ("call_id", "tenant_id", "agent_id") if not getattr(start, name)]
+        if missing:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start: missing {', '.join(missing)}")
+        output_rate = self._providers.tts.sample_rate
+        out_format = start.output_format
+        if out_format.codec not in (0, media_pb2.AUDIO_CODEC_PCM16) or out_format.sample_rate not in (
+            0,
+            output_rate,
+        ):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unsupported output format (supported: PCM16 {output_rate} Hz mono)",
+            )
+        try:
+            agent = await self._directory.get(start.tenant_id, start.agent_id)
+        except AgentNotFoundError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        profile = build_profile(agent, self._settings)
+        out: asyncio.Queue[agent_session_pb2.ConverseResponse | None] = asyncio.Queue()
+        with log_context(tenant_id=start.tenant_id, call_id=start.call_id):
+            try:
+                session = CallSession(
+                    start=start,
+                    profile=profile,
+                    providers=self._providers.for_agent(profile),
+                    metrics=self._metrics,
+                    emit=out.put_nowait,
+                    output_sample_rate=output_rate,
+                )
+            except SessionError as exc:
+                await context.abort(exc.code, exc.message)
+            log.info("session started", extra={"data": {"agent_id": start.agent_id}})
+            self._metrics.calls_active.labels(start.tenant_id).inc()
+            task = asyncio.create_task(session.run(request_iterator), name=f"call-{start.call_id}")
+            task.add_done_callback(lambda _: out.put_nowait(None))
+            status = "completed"
+            try:
+                while (message := await out.get()) is not None:
+                    yield message
+                error = task.exception() if not task.cancelled() else None
+                if isinstance(error, SessionError):
+                    status = "rejected"
+                    await context.abort(error.code, error.message)
+                if error is not None:
+                    status = "failed"
+                    log.error("session failed", exc_info=error)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"session failed: {type(error).__name__}")
+            finally:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                self._metrics.calls_active.labels(start.tenant_id).dec()
+                direction = "outbound" if start.direction == 2 else "inbound"
+                self._metrics.calls_total.labels(start.tenant_id, direction, status).inc()
+                log.info("session ended", extra={"data": {"status": status}})
+
+
+def build_server(settings: Settings, directory: AgentDirectory | None = None) -> GrpcServer:
+    providers = ProviderFactory.from_settings(settings.agent_service)
+    server = GrpcServer("agent", settings.agent_service, [])
+    metrics = AgentMetrics.create(server.registry)
+    servicer = AgentSessionServicer(
+        settings, directory or StaticDirectory([demo_agent()]), providers, metrics
+    )
+    server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
+    return server

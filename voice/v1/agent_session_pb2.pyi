@@ -448,6 +448,7 @@ class TurnLatency(_message.Message):
     TTS_FIRST_AUDIO_FIELD_NUMBER: _builtins.int
     FIRST_AUDIO_FRAME_SENT_FIELD_NUMBER: _builtins.int
     PROVIDER_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINTING_FIELD_NUMBER: _builtins.int
     turn_index: _builtins.int
     @_builtins.property
     def end_of_speech_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -463,7 +464,13 @@ class TurnLatency(_message.Message):
     def first_audio_frame_sent(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def provider_time(self) -> _duration_pb2.Duration:
-        """Time spent inside providers (STT + LLM + TTS) on the critical path; e2e minus this is platform overhead."""
+        """Time spent inside providers (STT + LLM + TTS) on the critical path."""
+
+    @_builtins.property
+    def endpointing(self) -> _duration_pb2.Duration:
+        """Deliberate waits of turn-taking (silence detection, grace period); e2e minus provider time minus this
+        is the platform's own overhead.
+        """
 
     def __init__(
         self,
@@ -476,10 +483,11 @@ class TurnLatency(_message.Message):
         tts_first_audio: _duration_pb2.Duration | None = ...,
         first_audio_frame_sent: _duration_pb2.Duration | None = ...,
         provider_time: _duration_pb2.Duration | None = ...,
+        endpointing: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_time", b"end_of_speech_time", "first_audio_frame_sent", b"first_audio_frame_sent", "first_sentence_to_tts", b"first_sentence_to_tts", "llm_first_token", b"llm_first_token", "provider_time", b"provider_time", "stt_final", b"stt_final", "tts_first_audio", b"tts_first_audio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_time", b"end_of_speech_time", "endpointing", b"endpointing", "first_audio_frame_sent", b"first_audio_frame_sent", "first_sentence_to_tts", b"first_sentence_to_tts", "llm_first_token", b"llm_first_token", "provider_time", b"provider_time", "stt_final", b"stt_final", "tts_first_audio", b"tts_first_audio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_time", b"end_of_speech_time", "first_audio_frame_sent", b"first_audio_frame_sent", "first_sentence_to_tts", b"first_sentence_to_tts", "llm_first_token", b"llm_first_token", "provider_time", b"provider_time", "stt_final", b"stt_final", "tts_first_audio", b"tts_first_audio", "turn_index", b"turn_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_of_speech_time", b"end_of_speech_time", "endpointing", b"endpointing", "first_audio_frame_sent", b"first_audio_frame_sent", "first_sentence_to_tts", b"first_sentence_to_tts", "llm_first_token", b"llm_first_token", "provider_time", b"provider_time", "stt_final", b"stt_final", "tts_first_audio", b"tts_first_audio", "turn_index", b"turn_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Knowledge retrieval for context assembly."""

@@ -1,0 +1,1 @@
+"""Language models: the offline policy (deterministic, from the agent's configuration) and Claude."""

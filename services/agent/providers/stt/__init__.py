@@ -1,0 +1,1 @@
+"""Speech to text: PocketSphinx offline (biased per agent), Deepgram streaming (cloud)."""

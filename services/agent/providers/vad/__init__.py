@@ -1,0 +1,1 @@
+"""Voice activity detection: Silero (ONNX, shared model session) and an energy VAD fallback."""
