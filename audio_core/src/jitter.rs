@@ -148,6 +148,7 @@ pub struct JitterBuffer {
     // delay estimation
     transits: [f64; TRANSIT_WINDOW],
     n_transits: usize,
+    target_at: usize,
     scratch: Vec<f64>,
     base_transit: f64,
     target_ms: f64,
@@ -191,6 +192,7 @@ impl JitterBuffer {
             highest_buffered: 0,
             transits: [0.0; TRANSIT_WINDOW],
             n_transits: 0,
+            target_at: 0,
             scratch: Vec::with_capacity(TRANSIT_WINDOW),
             base_transit: 0.0,
             target_ms: target,
@@ -230,6 +232,7 @@ impl JitterBuffer {
         self.lowest_buffered = None;
         self.played_bits = 0;
         self.n_transits = 0;
+        self.target_at = 0;
     }
 
     /// Forget everything (new stream / SSRC change); counters are kept.
@@ -322,6 +325,14 @@ impl JitterBuffer {
     }
 
     fn update_target(&mut self) {
+        // The percentile moves slowly: refresh it every 8 new packets (and while warming up),
+        // not at every pop, to keep the per-frame cost low.
+        if self.n_transits < 24 {
+            self.target_at = 0;
+        } else if self.n_transits < self.target_at + 8 {
+            return;
+        }
+        self.target_at = self.n_transits;
         let n = self.n_transits.min(TRANSIT_WINDOW);
         if n == 0 {
             return;

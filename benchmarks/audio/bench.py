@@ -262,7 +262,13 @@ def main() -> None:
         codec.layout = "mono"
         codec.format = "s16"
         codec.bit_rate = BITRATE
-        codec.options = {"compression_level": str(COMPLEXITY), "application": "voip"}
+        # Same settings as ours: VoIP mode, in-band FEC tuned for 10 % loss.
+        codec.options = {
+            "compression_level": str(COMPLEXITY),
+            "application": "voip",
+            "fec": "1",
+            "packet_loss": "10",
+        }
         res = av.AudioResampler(format="s16", layout="mono", rate=48000, frame_size=960)
         state = {"seq": 0}
 
