@@ -10,13 +10,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 import grpc
 
+from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
+from services.agent.providers.tts import TritonTextToSpeech
 from services.launcher import Platform, health_status, platform_servers, reflected_services, stop_detached
 from services.shared.dependency_health import check_all
 from services.shared.settings import Settings, SettingsError, load_settings
+from services.softphone.caller import CallScript, ScriptedCaller
+from services.softphone.report import latency_table, write_wav
 from voice.v1 import system_pb2, system_pb2_grpc
+
+DEMO_LINES = [
+    "Hi, what are your opening hours on Saturday?",
+    "I would like to book an appointment with Doctor Smith.",
+    "Can I speak to someone at reception please?",
+]
+RECORDING = Path("demo-call.wav")
+
+
+async def start_tts() -> None:
+    """The real Triton server with the offline espeak-ng engine (idempotent; first run fetches it)."""
+    print("Starting the TTS node (NVIDIA Triton, CPU, espeak-ng engine) ...")
+    proc = await asyncio.create_subprocess_exec("bash", "scripts/tts.sh", "triton-up")
+    if await proc.wait() != 0:
+        raise RuntimeError("scripts/tts.sh triton-up failed (see its output above)")
+
+
+async def place_call(settings: Settings, platform: Platform) -> bool:
+    print("\nCalling Dr. Smith's clinic (the demo agent) with the softphone; the caller says:")
+    for line in DEMO_LINES:
+        print(f"  - {line}")
+    print()
+    tts = TritonTextToSpeech(settings.agent_service.tts)
+    try:
+        caller = ScriptedCaller(
+            platform.address("agent"), tts, tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID, on_event=print
+        )
+        record = await caller.call(CallScript(lines=DEMO_LINES))
+    finally:
+        await tts.close()
+    print(f"\nCall {record.call_id}: {record.status}. 'heard' lines are what the agent's speech recognition")
+    print("understood (PocketSphinx, offline); 'agent' lines are what it said back.")
+    if record.latencies:
+        print("\nPer-turn latency (ms):")
+        print(latency_table(record.latencies))
+    seconds = write_wav(record, RECORDING)
+    print(f"\nRecording of both sides: {RECORDING} ({seconds:.1f} s)")
+    answered = sum(1 for _, who, _, _ in record.transcript if who == "agent")
+    return record.status == "OK" and answered >= len(DEMO_LINES) and record.transfer is not None
 
 
 async def report(settings: Settings, platform: Platform) -> bool:
@@ -65,17 +109,20 @@ async def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    await start_tts()
     platform = Platform(platform_servers(settings))
     print("Starting control, agent, bridge and worker servers ...")
     await platform.start()
     try:
         ok = await report(settings, platform)
+        if not args.up:
+            ok &= await place_call(settings, platform)
     finally:
         if args.up:
             print("\nServers left running (logs in .var/run/); stop them with: make down")
         else:
             await platform.stop()
-    print("\nAll healthy." if ok else "\nSome components are unhealthy (see above).")
+    print("\nDemo complete." if ok else "\nSomething went wrong (see above).")
     return 0 if ok else 1
 
 

@@ -1,0 +1,116 @@
+"""Endpointing, history and playout: the sans-IO parts of turn-taking."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.agent.pipeline.endpointing import Endpointer, SpeechEnded, SpeechStarted, sounds_unfinished
+from services.agent.pipeline.history import Conversation
+from services.agent.pipeline.playout import Playout, Segment, words_heard
+from services.agent.ports import ToolUse
+
+WINDOW = 0.032
+
+
+def feed(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, object]]:
+    events = []
+    for i, p in enumerate(probabilities):
+        event = endpointer.update(p, i * WINDOW, WINDOW)
+        if event is not None:
+            events.append((i, event))
+    return events
+
+
+def test_speech_needs_min_duration_and_reports_true_start_and_end() -> None:
+    ep = Endpointer(threshold=0.5, min_speech_ms=250, min_silence_ms=300)
+    events = feed(ep, [0.1] * 5 + [0.9] * 20 + [0.05] * 15)
+    (i_start, start), (i_end, end) = events
+    assert isinstance(start, SpeechStarted) and abs(start.at - 5 * WINDOW) < 1e-9
+    assert i_start == 5 + 7  # confirmed after 8 windows (256 ms), not before
+    assert isinstance(end, SpeechEnded) and abs(end.at - 25 * WINDOW) < 1e-9
+    assert i_end >= 25 + 9  # only after 300 ms of silence
+
+
+def test_a_cough_is_not_speech() -> None:
+    ep = Endpointer(threshold=0.5, min_speech_ms=250, min_silence_ms=300)
+    assert feed(ep, [0.1] * 5 + [0.95] * 4 + [0.1] * 30) == []
+
+
+def test_short_dips_inside_speech_do_not_end_it() -> None:
+    ep = Endpointer(threshold=0.5, min_speech_ms=250, min_silence_ms=300)
+    events = feed(ep, [0.9] * 10 + [0.2] * 5 + [0.9] * 10 + [0.0] * 12)
+    assert [type(e).__name__ for _, e in events] == ["SpeechStarted", "SpeechEnded"]
+
+
+def test_unfinished_numbers_and_spelling_get_more_time() -> None:
+    assert sounds_unfinished("my number is five five five")
+    assert sounds_unfinished("it's s m i")
+    assert sounds_unfinished("my number is")
+    assert not sounds_unfinished("what are your opening hours")
+
+
+def test_history_keeps_alternation_and_summarizes_old_turns() -> None:
+    conv = Conversation(max_history_tokens=8000, summarize_after_turns=4)
+    conv.add_caller("Hello there.")
+    conv.add_caller("I have a question.")  # a second caller final merges into the same turn
+    assert [m.role for m in conv.messages] == ["user"]
+    for i in range(4):
+        conv.add_agent(f"Answer {i}. More detail.")
+        conv.add_caller(f"Question {i}?")
+    assert len(conv.messages) <= 4
+    assert conv.messages[0].role == "user"
+    assert "Earlier in this call" in conv.summary_text() and "Answer 0." in conv.summary_text()
+
+
+def test_history_is_cut_to_the_token_budget() -> None:
+    conv = Conversation(max_history_tokens=300, summarize_after_turns=100)
+    for i in range(20):
+        conv.add_caller(f"question {i} " + "x" * 100)
+        conv.add_agent(f"answer {i} " + "y" * 100)
+    assert conv.tokens() <= 300
+
+
+def test_barge_in_keeps_only_what_was_heard() -> None:
+    conv = Conversation(max_history_tokens=8000, summarize_after_turns=20)
+    conv.add_caller("Hours?")
+    said = conv.add_agent("We are open Monday to Friday from eight to six.")
+    conv.replace_or_add_agent(said, "We are open Monday")
+    assert conv.messages[-1].text == "We are open Monday"
+    use = ToolUse("t1", "lookup", {})
+    with_tool = conv.add_agent("", (use,))
+    conv.replace_or_add_agent(with_tool, "")
+    assert conv.messages[-1].tool_uses == (use,)  # a tool use that ran stays, even if unheard
+
+
+def test_words_heard_is_proportional_to_audio_played() -> None:
+    text = "We are open Monday to Friday"
+    assert words_heard(text, 0.0) == ""
+    assert words_heard(text, 1.0) == text
+    assert words_heard(text, 0.5) in ("We are open", "We are open Monday")
+
+
+async def test_playout_paces_continuous_frames_and_reports_what_was_heard() -> None:
+    sent: list[tuple[int, int, int]] = []
+    done: list[str] = []
+
+    async def send(frame: bytes, seq: int, ts: int, segment: Segment) -> None:
+        sent.append((seq, ts, len(frame)))
+
+    playout = Playout(24000, 20, send, lambda s: done.append(s.text))
+    runner = asyncio.create_task(playout.run())
+    first = playout.begin("One two.", reply_id=1)
+    playout.append(first, b"\x01\x00" * 2400)  # 100 ms
+    playout.finish(first)
+    second = playout.begin("Three four five six.", reply_id=1)
+    playout.append(second, b"\x01\x00" * 480 * 10)  # 200 ms, more still coming
+    while not done:  # the first sentence has played out completely
+        await asyncio.sleep(0.005)
+    report = playout.clear()
+    runner.cancel()
+    assert done == ["One two."]
+    assert [s for s, _, _ in sent] == list(range(len(sent)))
+    assert all(ts == 480 * i for i, (_, ts, _) in enumerate(sent))
+    assert all(size == 960 for _, _, size in sent)
+    assert report.last_sequence_number == sent[-1][0]
+    assert report.unheard_text.endswith("six.")
+    assert not playout.active
