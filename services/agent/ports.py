@@ -107,6 +107,9 @@ class LlmRequest:
     tools: Sequence[ToolSpec] = ()
     max_tokens: int = 1024
     temperature: float = 0.7
+    # Text the reply must continue from (a fallback tier finishing a sentence a failed tier started);
+    # only for models whose `supports_prefill` is true.
+    prefill: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,3 +180,29 @@ class Snippet:
 
 class KnowledgeBase(Protocol):
     async def search(self, query: str, limit: int = 3) -> list[Snippet]: ...
+
+
+# --- Failures the degradation chains understand -------------------------------------------------------
+
+
+class ProviderUnavailable(Exception):
+    """A provider cannot serve this request now (outage, rate limit, stall, dropped socket, open circuit).
+
+    Adapters raise it instead of their SDK's exceptions so that breakers and fallback chains
+    (services/agent/resilience/) can move on to the next tier without knowing any SDK.
+    """
+
+    def __init__(self, provider: str, reason: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{provider}: {reason}")
+        self.provider = provider
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class CannotContinue(Exception):
+    """Every tier of a degradation chain failed: the caller has to be handed to a human (spec 12.3)."""
+
+    def __init__(self, port: Literal["stt", "llm", "tts"], reason: str) -> None:
+        super().__init__(f"{port} exhausted: {reason}")
+        self.port = port
+        self.reason = reason

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.agent.demo_agent import demo_agent
 from services.agent.directory import AgentDirectory, AgentNotFoundError, StaticDirectory
@@ -31,20 +32,32 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
 
 
+SessionObserver = Callable[[CallSession], None]
+
+
 class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
     def __init__(
-        self, settings: Settings, directory: AgentDirectory, providers: ProviderFactory, metrics: AgentMetrics
+        self,
+        settings: Settings,
+        directory: AgentDirectory,
+        providers: ProviderFactory,
+        metrics: AgentMetrics,
+        observer: SessionObserver | None = None,
     ) -> None:
         self._settings = settings.agent_service
         self._directory = directory
         self._providers = providers
         self._metrics = metrics
+        # Called with each session when it ends (transcript archiving, tests inspecting the history).
+        self._observer = observer
 
     async def Converse(
         self, request_iterator: AsyncIterator[agent_session_pb2.ConverseRequest], context: Context
     ) -> AsyncIterator[agent_session_pb2.ConverseResponse]:
         try:
             first = await asyncio.wait_for(anext(request_iterator), START_TIMEOUT_S)
+        except DecodeError:
+            raise  # the server helper answers INVALID_ARGUMENT for malformed messages
         except (TimeoutError, StopAsyncIteration):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `start` (none received)"
@@ -95,6 +108,9 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 while (message := await out.get()) is not None:
                     yield message
                 error = task.exception() if not task.cancelled() else None
+                if isinstance(error, DecodeError):
+                    status = "rejected"
+                    raise error
                 if isinstance(error, SessionError):
                     status = "rejected"
                     await context.abort(error.code, error.message)
@@ -110,14 +126,21 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 direction = "outbound" if start.direction == 2 else "inbound"
                 self._metrics.calls_total.labels(start.tenant_id, direction, status).inc()
                 log.info("session ended", extra={"data": {"status": status}})
+                if self._observer is not None:
+                    self._observer(session)
 
 
-def build_server(settings: Settings, directory: AgentDirectory | None = None) -> GrpcServer:
-    providers = ProviderFactory.from_settings(settings.agent_service)
+def build_server(
+    settings: Settings,
+    directory: AgentDirectory | None = None,
+    *,
+    providers: ProviderFactory | None = None,
+    observer: SessionObserver | None = None,
+) -> GrpcServer:
+    providers = providers or ProviderFactory.from_settings(settings.agent_service)
     server = GrpcServer("agent", settings.agent_service, [])
     metrics = AgentMetrics.create(server.registry)
-    servicer = AgentSessionServicer(
-        settings, directory or StaticDirectory([demo_agent()]), providers, metrics
-    )
+    directory = directory or StaticDirectory([demo_agent()])
+    servicer = AgentSessionServicer(settings, directory, providers, metrics, observer)
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
     return server

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
@@ -59,6 +60,10 @@ def bind(
     return ServiceBinding(full_name, servicer, register)
 
 
+def malformed(method: str) -> str:
+    return f"malformed request: the bytes received are not a valid request message for {method}"
+
+
 def _split_method(full_method: str) -> tuple[str, str]:
     _, service, method = full_method.split("/", 2)
     return service, method
@@ -101,10 +106,16 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapper(request: Any, context: Context) -> Any:
-                started, error = start(), None
+                started = start()
+                error: BaseException | None = None
                 try:
                     with log_context(trace_id=trace_id):
                         return await behavior(request, context)
+                except DecodeError as exc:
+                    error = exc
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, malformed(handler_call_details.method)
+                    )
                 except BaseException as exc:
                     error = exc
                     raise
@@ -115,7 +126,8 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         def wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
             async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-                started, error = start(), None
+                started = start()
+                error: BaseException | None = None
                 try:
                     with log_context(trace_id=trace_id):
                         if inspect.isasyncgenfunction(behavior):
@@ -123,6 +135,12 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                                 yield response
                         else:  # a coroutine that writes with context.write()
                             await behavior(request, context)
+                except DecodeError as exc:
+                    # A client streamed bytes that are not the request message: its fault, not ours.
+                    error = exc
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, malformed(handler_call_details.method)
+                    )
                 except BaseException as exc:
                     error = exc
                     raise

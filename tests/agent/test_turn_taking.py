@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from services.agent.pipeline.endpointing import Endpointer, SpeechEnded, SpeechStarted, sounds_unfinished
+from services.agent.pipeline.endpointing import (
+    Endpointer,
+    SpeechEnded,
+    SpeechEvent,
+    SpeechStarted,
+    sounds_unfinished,
+)
 from services.agent.pipeline.history import Conversation
 from services.agent.pipeline.playout import Playout, Segment, words_heard
 from services.agent.ports import ToolUse
@@ -12,8 +18,8 @@ from services.agent.ports import ToolUse
 WINDOW = 0.032
 
 
-def feed(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, object]]:
-    events = []
+def feed(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, SpeechEvent]]:
+    events: list[tuple[int, SpeechEvent]] = []
     for i, p in enumerate(probabilities):
         event = endpointer.update(p, i * WINDOW, WINDOW)
         if event is not None:
@@ -96,15 +102,20 @@ async def test_playout_paces_continuous_frames_and_reports_what_was_heard() -> N
     async def send(frame: bytes, seq: int, ts: int, segment: Segment) -> None:
         sent.append((seq, ts, len(frame)))
 
-    playout = Playout(24000, 20, send, lambda s: done.append(s.text))
+    first_done = asyncio.Event()
+
+    def segment_done(segment: Segment) -> None:
+        done.append(segment.text)
+        first_done.set()
+
+    playout = Playout(24000, 20, send, segment_done)
     runner = asyncio.create_task(playout.run())
     first = playout.begin("One two.", reply_id=1)
     playout.append(first, b"\x01\x00" * 2400)  # 100 ms
     playout.finish(first)
     second = playout.begin("Three four five six.", reply_id=1)
     playout.append(second, b"\x01\x00" * 480 * 10)  # 200 ms, more still coming
-    while not done:  # the first sentence has played out completely
-        await asyncio.sleep(0.005)
+    await first_done.wait()  # the first sentence has played out completely
     report = playout.clear()
     runner.cancel()
     assert done == ["One two."]

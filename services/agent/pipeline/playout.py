@@ -70,6 +70,7 @@ class Playout:
         self._segments: deque[Segment] = deque()
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever a segment finished playing or was dropped
+        self._epoch = 0  # bumped by clear(): a frame popped before a clear is never sent after it
         self.sequence_number = 0
         self.timestamp = 0
         self.underruns = 0
@@ -118,6 +119,7 @@ class Playout:
             heard.append(prefix)
             unheard.append(segment.text[len(prefix) :].strip())
         self._segments.clear()
+        self._epoch += 1
         self._wakeup.set()
         self._progress.set()
         return PlayedReport(
@@ -144,10 +146,14 @@ class Playout:
                 next_due = None
                 continue
             now = loop.time()
+            epoch = self._epoch
             if next_due is None:
                 next_due = now
             elif next_due > now:
                 await asyncio.sleep(next_due - now)
+            if epoch != self._epoch:
+                next_due = None  # cleared (barge-in) while this frame waited for its time: drop it
+                continue
             frame, segment = popped
             await self._send(frame, self.sequence_number, self.timestamp, segment)
             self.sequence_number = (self.sequence_number + 1) % 2**32

@@ -1,0 +1,72 @@
+"""A real agent service in-process (Silero, PocketSphinx, the policy, Triton TTS) and a scripted caller."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
+from services.agent.pipeline.session import CallSession
+from services.agent.providers.tts import TritonTextToSpeech
+from services.agent.server import build_server
+from services.shared.grpc_server import GrpcServer
+from services.shared.settings import Settings
+from services.softphone.caller import ScriptedCaller
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def triton() -> None:
+    """The real Triton server with the offline engine (idempotent start)."""
+    result = subprocess.run(
+        ["bash", "scripts/tts.sh", "triton-up"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/tts.sh triton-up failed:\n{result.stdout}\n{result.stderr}")
+
+
+class FinishedSessions:
+    """Sessions handed to the server's observer when they end, by call id."""
+
+    def __init__(self) -> None:
+        self.by_call: dict[str, CallSession] = {}
+
+    def __call__(self, session: CallSession) -> None:
+        self.by_call[session.start.call_id] = session
+
+
+@pytest.fixture(scope="session")
+def finished() -> FinishedSessions:
+    return FinishedSessions()
+
+
+@pytest.fixture(scope="session")
+async def agent_server(
+    settings: Settings, triton: None, finished: FinishedSessions
+) -> AsyncIterator[GrpcServer]:
+    section = settings.agent_service.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+    server = build_server(settings.model_copy(update={"agent_service": section}), observer=finished)
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def caller_tts(settings: Settings, triton: None) -> AsyncIterator[TritonTextToSpeech]:
+    tts = TritonTextToSpeech(settings.agent_service.tts)
+    yield tts
+    await tts.close()
+
+
+@pytest.fixture
+def caller(agent_server: GrpcServer, caller_tts: TritonTextToSpeech) -> ScriptedCaller:
+    return ScriptedCaller(agent_server.address, caller_tts, tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID)

@@ -1,0 +1,231 @@
+"""Whole calls over real gRPC: the caller is the softphone, the agent runs Silero, PocketSphinx, the
+policy LLM and espeak-ng on the real Triton server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID, demo_agent
+from services.shared.grpc_server import GrpcServer
+from services.softphone.caller import CALLER_RATE, CallRecord, CallScript, ScriptedCaller
+from tests.agent.conftest import FinishedSessions
+from voice.v1 import agent_session_pb2 as pb
+from voice.v1 import agent_session_pb2_grpc, media_pb2
+
+GREETING = demo_agent().greeting
+HOURS_ANSWER = demo_agent().faq[0].answer
+SESSION_TASKS = re.compile(
+    r"^(playout|transcripts|idle|receive|ended|reply-\d+|speaker|finish-turn|call-.*)$"
+)
+
+
+def agent_lines(record: CallRecord) -> list[tuple[str, bool]]:
+    return [(text, interrupted) for _, who, text, interrupted in record.transcript if who == "agent"]
+
+
+def caller_lines(record: CallRecord) -> list[str]:
+    return [text for _, who, text, _ in record.transcript if who == "caller"]
+
+
+async def test_greeting_then_answer_with_paced_continuous_audio(caller: ScriptedCaller) -> None:
+    record = await caller.call(CallScript(lines=["What are your opening hours?"]))
+    assert record.status == "OK"
+    lines = agent_lines(record)
+    assert lines[0] == (GREETING, False)
+    assert lines[1] == (HOURS_ANSWER, False)
+    assert record.latencies and record.latencies[0].turn_index == 1
+    # 20 ms PCM16 frames at 24 kHz; within a reply, the sample clock advances by exactly one frame.
+    frames = record.agent_audio
+    assert all(len(pcm) == 960 for _, pcm in frames)
+    assert record.agent_rate == 24000
+    assert record.frames_received > 5 * 50  # several seconds of speech
+
+
+async def test_three_turn_call_ends_in_a_warm_transfer_with_a_briefing(caller: ScriptedCaller) -> None:
+    lines = [
+        "Hi, what are your opening hours on Saturday?",
+        "I would like to book an appointment with Doctor Smith.",
+        "Can I speak to someone at reception please?",
+    ]
+    record = await caller.call(CallScript(lines=lines))
+    said = [text for text, _ in agent_lines(record)]
+    assert said[1] == HOURS_ANSWER
+    assert said[2].startswith("I can book that for you.")
+    assert said[3].startswith("Of course. I'm transferring you")
+    assert record.transfer is not None
+    assert record.transfer.type == pb.TRANSFER_TYPE_WARM and record.transfer.target == "ext:100"
+    assert "reception" in record.transfer.context
+
+
+async def test_barge_in_clears_audio_and_keeps_only_what_was_heard(
+    caller: ScriptedCaller, finished: FinishedSessions
+) -> None:
+    record = await caller.call(
+        CallScript(
+            lines=["What are your opening hours?", "Can I speak to someone at reception please?"],
+            barge_in_after_s=1.5,
+        )
+    )
+    assert record.clear_audio == 1
+    interrupted = [text for text, cut in agent_lines(record) if cut]
+    assert len(interrupted) == 1
+    heard = interrupted[0]
+    assert heard and HOURS_ANSWER.startswith(heard) and heard != HOURS_ANSWER
+    # Nothing of the interrupted answer is played after ClearAudio: the next audio is the new reply's.
+    t_clear = next(t for t, name in record.events if name == "clear_audio")
+    t_next_speaking = next(t for t, name in record.events if t > t_clear and name == "AGENT_STATE_SPEAKING")
+    assert not [t for t, _ in record.agent_audio if t_clear < t < t_next_speaking - 0.001]
+    # The history the LLM sees holds the truncated answer, not the full one.
+    session = finished.by_call[record.call_id]
+    agent_texts = [m.text for m in session.history.messages if m.role == "assistant"]
+    assert heard in agent_texts and HOURS_ANSWER not in agent_texts
+    assert record.transfer is not None  # and the interruption itself was answered
+
+
+async def test_a_phone_number_read_with_pauses_is_one_turn(caller: ScriptedCaller) -> None:
+    record = await caller.call(
+        CallScript(
+            lines=["My number is | five five five | one two three | four five six seven"], group_pause_s=0.6
+        )
+    )
+    replies = agent_lines(record)[1:]  # after the greeting
+    assert len(replies) == 1, replies
+    turns = {lat.turn_index for lat in record.latencies}
+    assert turns == {1}
+    assert len(caller_lines(record)) >= 2  # several recognised pieces ... all in one turn
+
+
+async def test_hang_up_mid_reply_leaves_no_task_behind(
+    caller: ScriptedCaller, agent_server: GrpcServer
+) -> None:
+    record = await caller.call(
+        CallScript(lines=["What are your opening hours?"], reply_timeout_s=0.5, hangup_after_s=0.0)
+    )
+    assert record.status == "OK"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        leftovers = [t for t in asyncio.all_tasks() if SESSION_TASKS.match(t.get_name())]
+        if not leftovers:
+            break
+        await asyncio.sleep(0.05)
+    assert not leftovers, [t.get_name() for t in leftovers]
+
+
+async def test_twenty_concurrent_calls_are_isolated(caller: ScriptedCaller) -> None:
+    questions = {
+        "What are your opening hours?": "We are open",
+        "How much does a consultation cost?": "A standard consultation",
+    }
+    scripts = [list(questions)[i % 2] for i in range(20)]
+    records = await asyncio.gather(*(caller.call(CallScript(lines=[q])) for q in scripts))
+    assert len({r.call_id for r in records}) == 20
+    for question, record in zip(scripts, records, strict=True):
+        assert record.status == "OK"
+        replies = [text for text, _ in agent_lines(record)]
+        assert replies[0] == GREETING
+        assert len(replies) == 2 and replies[1].startswith(questions[question]), replies
+
+
+async def converse(address: str, requests: list[pb.ConverseRequest]) -> grpc.aio.AioRpcError:
+    async def stream() -> AsyncIterator[pb.ConverseRequest]:
+        for request in requests:
+            yield request
+        await asyncio.sleep(5)  # keep the stream open: the server must end it
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = agent_session_pb2_grpc.AgentSessionServiceStub(channel).Converse(stream())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    return err.value
+
+
+def start(**format_fields: int) -> pb.ConverseRequest:
+    fmt = media_pb2.AudioFormat(codec=media_pb2.AUDIO_CODEC_PCM16, sample_rate=CALLER_RATE, channels=1)
+    for name, value in format_fields.items():
+        setattr(fmt, name, value)
+    return pb.ConverseRequest(
+        start=pb.SessionStart(
+            call_id="c-bad", tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID, input_format=fmt
+        )
+    )
+
+
+def audio(
+    payload: bytes, rate: int = CALLER_RATE, codec: int = media_pb2.AUDIO_CODEC_PCM16
+) -> pb.ConverseRequest:
+    frame = media_pb2.AudioFrame(sample_rate=rate, channels=1, payload=payload)
+    frame.codec = media_pb2.AudioCodec.ValueType(codec)
+    return pb.ConverseRequest(audio=frame)
+
+
+FRAME = b"\x00\x01" * 320
+
+
+@pytest.mark.parametrize(
+    "requests, code, message",
+    [
+        ([audio(FRAME)], grpc.StatusCode.INVALID_ARGUMENT, "first message must be `start`"),
+        ([start(codec=99)], grpc.StatusCode.INVALID_ARGUMENT, "unsupported input format"),
+        ([start(sample_rate=11025)], grpc.StatusCode.INVALID_ARGUMENT, "unsupported input format"),
+        ([start(), audio(FRAME, rate=8000)], grpc.StatusCode.INVALID_ARGUMENT, "sample rate 8000 Hz"),
+        (
+            [start(), audio(FRAME, codec=media_pb2.AUDIO_CODEC_OPUS)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "codec",
+        ),
+        ([start(), audio(b"")], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
+        ([start(), audio(b"\x00" * 641)], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
+        ([start(), audio(b"\x00" * 640 * 10)], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
+        ([start(), start()], grpc.StatusCode.FAILED_PRECONDITION, "already received"),
+        ([start(), pb.ConverseRequest()], grpc.StatusCode.INVALID_ARGUMENT, "no event set"),
+        (
+            [start(), pb.ConverseRequest(dtmf=pb.DtmfDigit(digit="x"))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DTMF",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_clear_status(
+    agent_server: GrpcServer, requests: list[pb.ConverseRequest], code: grpc.StatusCode, message: str
+) -> None:
+    error = await converse(agent_server.address, requests)
+    assert error.code() == code
+    assert message in (error.details() or "")
+
+
+async def test_unknown_agent_is_not_found(agent_server: GrpcServer) -> None:
+    request = pb.ConverseRequest(
+        start=pb.SessionStart(call_id="c", tenant_id="t_other", agent_id=DEMO_AGENT_ID)
+    )
+    error = await converse(agent_server.address, [request])
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_garbage_bytes_fail_one_stream_and_not_the_others(
+    agent_server: GrpcServer, caller: ScriptedCaller
+) -> None:
+    good = asyncio.create_task(caller.call(CallScript(lines=["What are your opening hours?"])))
+
+    async def garbage() -> AsyncIterator[bytes]:
+        yield b"\xff\xfe not a protobuf \x00\x13"
+        await asyncio.sleep(5)
+
+    async with grpc.aio.insecure_channel(agent_server.address) as channel:
+        raw: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            "/voice.v1.AgentSessionService/Converse"
+        )
+        call = raw(garbage())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (err.value.details() or "")
+    record = await good
+    assert record.status == "OK" and agent_lines(record)[1][0] == HOURS_ANSWER
