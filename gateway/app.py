@@ -57,6 +57,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METADATA_HEADER_PREFIX = "grpc-metadata-"
 _EXPOSED = "X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+MIN_DEADLINE_SECONDS = 0.001
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json", "/docs")
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),
@@ -379,8 +380,12 @@ class Gateway:
         except TranscodeError as err:
             raise HttpError(400, bad_request_body(err)) from None
         extra = limit.headers() if limit is not None else {}
+        timeout = self._timeout(request)
+        if timeout < MIN_DEADLINE_SECONDS:
+            # gRPC rounds sub-millisecond deadlines away; such a deadline has passed before we can call.
+            raise HttpError(504, error_body(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"), extra)
         call = self._calls[route.grpc_path](
-            message, metadata=self._metadata(request, principal), timeout=self._timeout(request)
+            message, metadata=self._metadata(request, principal), timeout=timeout
         )
         if route.server_streaming:
             return await self._stream(request, route, call, send, extra)

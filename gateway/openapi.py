@@ -13,7 +13,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from gateway.routes import Route
+from gateway.routes import PathTemplate, PathVariable, Route
 from services.control.common import repeated
 
 VERSION = "0.1.0"
@@ -167,17 +167,10 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         template = route.template
-        path = template.template
-        for var in template.variables:
-            dotted = ".".join(var.field_path)
-            path = path.replace("{" + dotted + "}", "{" + dotted + "}", 1)
-            if "=" in path:
-                start = path.index("{" + dotted + "=")
-                end = path.index("}", start)
-                path = path[:start] + "{" + dotted + "}" + path[end + 1 :]
+        path = openapi_path(template)
         input_desc = route.method.input_type
         parameters: list[Any] = [
-            {"name": ".".join(v.field_path), "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": _param_name(v), "in": "path", "required": True, "schema": {"type": "string"}}
             for v in template.variables
         ]
         operation: dict[str, Any] = {
@@ -239,6 +232,31 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
             },
         },
     }
+
+
+def _param_name(var: PathVariable) -> str:
+    # `agent.id` would read as attribute access to tools that fill paths with str.format; the name is
+    # only a label in OpenAPI, the template decides which field it sets.
+    return "_".join(var.field_path)
+
+
+def openapi_path(template: PathTemplate) -> str:
+    """The template with each variable as a plain `{name}` (`{name=tenants/*}` -> `{name}`)."""
+    out, depth, start = [], 0, 0
+    variables = iter(template.variables)
+    text = template.template
+    for i, ch in enumerate(text):
+        if ch == "{":
+            if depth == 0:
+                out.append(text[start:i])
+                out.append("{" + _param_name(next(variables)) + "}")
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                start = i + 1
+    out.append(text[start:])
+    return "".join(out)
 
 
 def _is_additional(route: Route, routes: list[Route]) -> bool:

@@ -223,9 +223,11 @@ def build_request(
                 body_obj = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise TranscodeError(f"malformed JSON body: {exc}") from None
+            if body_obj is None:
+                raise TranscodeError("the body must be a JSON object, not null")
         if route.body == "*":
             if body_obj is None:
-                body_obj = {}
+                body_obj = {}  # no body at all: an empty request (POST /v1/api-keys/{id}:revoke)
             if not isinstance(body_obj, dict):
                 raise TranscodeError("the body must be a JSON object")
             _parse_into(body_obj, request, "body")

@@ -181,7 +181,8 @@ async def _connected_call(cp: ControlPlane, tenant_id: str, agent_id: str) -> st
         )
         for i, (speaker, text) in enumerate([("agent", "Hello!"), ("caller", "I need an appointment")]):
             await conn.execute(
-                """INSERT INTO transcripts (call_id, turn_number, speaker, text, confidence, started_at, metadata)
+                """INSERT INTO transcripts
+                       (call_id, turn_number, speaker, text, confidence, started_at, metadata)
                    VALUES ($1, $2, $3, $4, 0.9, $5, '{"interrupted": true}')""",
                 call_id,
                 i,
