@@ -11,11 +11,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from services.bridge.server import build_server as build_bridge
 from services.control.server import build_server as build_control
 from services.launcher import Platform, health_status, platform_servers, reflected_services
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings, load_settings
-from voice.v1 import agents_pb2, agents_pb2_grpc, system_pb2, system_pb2_grpc
+from voice.v1 import call_control_pb2, call_control_pb2_grpc, system_pb2, system_pb2_grpc
 
 
 def free_port() -> int:
@@ -59,17 +60,26 @@ async def test_system_health_checks_real_dependencies(control: GrpcServer) -> No
     assert all(c.healthy for c in reply.components)
 
 
-async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(control: GrpcServer) -> None:
-    async with grpc.aio.insecure_channel(control.address) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await agents_pb2_grpc.AgentServiceStub(channel).GetAgent(agents_pb2.GetAgentRequest(id="a1"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{control.metrics_port}/metrics")
+async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(settings: Settings) -> None:
+    # The bridge's call control is served from its contract before its PBX side exists.
+    ports = settings.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+    bridge = build_bridge(settings.model_copy(update={"webrtc_bridge": ports}))
+    await bridge.start()
+    try:
+        async with grpc.aio.insecure_channel(bridge.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call_control_pb2_grpc.CallControlServiceStub(channel).Dial(
+                    call_control_pb2.DialRequest(call_id="c1")
+                )
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{bridge.metrics_port}/metrics")
+    finally:
+        await bridge.stop(grace=1)
     assert (
-        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="GetAgent",'
-        'grpc_service="voice.v1.AgentService"} 1.0' in metrics
+        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="Dial",'
+        'grpc_service="voice.v1.CallControlService"} 1.0' in metrics
     )
-    assert 'service_up{service="control"} 1.0' in metrics
+    assert 'service_up{service="bridge"} 1.0' in metrics
 
 
 async def test_stop_reports_not_serving_first(settings: Settings) -> None:
