@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
-        proto-breaking rust-check pytest lock bench-audio fuzz
+        proto-breaking rust-check pytest lock bench-audio fuzz bench-agent
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -78,3 +78,6 @@ fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not 
 	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
+
+bench-agent: setup ## agent service cost per call with fixed-latency providers; prints one JSON object
+	@$(PY) -m benchmarks.agent.bench

@@ -1,0 +1,164 @@
+"""`make bench-agent`: the agent service's own cost per call, with providers of fixed, known latency.
+
+The agent server runs in its own process with fixed-latency STT/LLM/TTS (benchmarks/agent/
+fixed_providers.py) and the energy VAD; the softphone load generator runs in another process. Prints
+one JSON object on stdout (progress on stderr):
+  overhead_ms {p50, p99}      per-turn e2e minus provider time minus endpointing waits
+  underruns                   playout underruns at the largest load level that ran
+  cpu_percent_per_call        agent server CPU (its own accounting) per concurrent call, in % of a core
+  calls_per_core              100 / cpu_percent_per_call
+  max_sessions_no_underrun    largest concurrent-call level with zero underruns and every call OK
+  rss_growth_mb_per_1000_sessions   server RSS after 1,000 more sessions minus after a 100-session warm-up
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import psutil
+
+from services.launcher import wait_serving
+
+LEVELS = (10, 25, 50, 100, 150, 200)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric_sum(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def load(target: str, *extra: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.agent.load",
+        "--target",
+        target,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode})")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def main(levels: tuple[int, ...], churn: int) -> dict[str, Any]:
+    port, metrics_port = free_port(), free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.agent.server",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+    )
+    target = f"127.0.0.1:{port}"
+    proc = psutil.Process(server.pid)
+    try:
+        await wait_serving(target, 60, server)
+        log(f"agent server (fixed-latency providers) at {target}, pid {server.pid}")
+
+        log("warm-up: 100 short sessions")
+        await load(target, "--calls", "100", "--concurrency", "50", "--turns", "0")
+        rss_before = proc.memory_info().rss
+        log(f"churn: {churn} short sessions (greeting, hang up), 50 at a time")
+        churned = await load(target, "--calls", str(churn), "--concurrency", "50", "--turns", "0")
+        rss_growth = (proc.memory_info().rss - rss_before) / 2**20 * 1000 / churn
+
+        per_level = []
+        for n in levels:
+            cpu_before = sum(proc.cpu_times()[:2])
+            under_before = metric_sum(metrics_port, "playout_underruns_total")
+            started = time.monotonic()
+            result = await load(target, "--calls", str(n), "--turns", "2")
+            wall = time.monotonic() - started
+            cpu = sum(proc.cpu_times()[:2]) - cpu_before
+            underruns = metric_sum(metrics_port, "playout_underruns_total") - under_before
+            overheads = result["overhead_ms"]
+            level = {
+                "sessions": n,
+                "ok": result["ok"],
+                "underruns": int(underruns),
+                "cpu_percent_per_call": round(100 * cpu / max(result["call_seconds"], 1e-9), 3),
+                "overhead_ms_p50": round(percentile(overheads, 0.5), 2),
+                "overhead_ms_p99": round(percentile(overheads, 0.99), 2),
+                "turns": result["answered_turns"],
+                "wall_s": round(wall, 1),
+                "errors": result["errors"],
+            }
+            per_level.append(level)
+            log(json.dumps(level))
+            if result["ok"] < n:
+                break
+    finally:
+        server.terminate()
+        await server.wait()
+
+    clean = [lv for lv in per_level if lv["underruns"] == 0 and lv["ok"] == lv["sessions"]]
+    reference = clean[-1] if clean else per_level[0]
+    all_overheads = [lv["overhead_ms_p50"] for lv in clean]
+    cpu_per_call = reference["cpu_percent_per_call"]
+    return {
+        "overhead_ms": {"p50": reference["overhead_ms_p50"], "p99": reference["overhead_ms_p99"]},
+        "underruns": per_level[-1]["underruns"],
+        "cpu_percent_per_call": cpu_per_call,
+        "calls_per_core": round(100 / cpu_per_call, 1) if cpu_per_call else None,
+        "max_sessions_no_underrun": clean[-1]["sessions"] if clean else 0,
+        "rss_growth_mb_per_1000_sessions": round(rss_growth, 2),
+        "churn_sessions_ok": churned["ok"],
+        "levels": per_level,
+        "overhead_p50_across_clean_levels_ms": round(statistics.median(all_overheads), 2)
+        if all_overheads
+        else None,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+    }
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--churn", type=int, default=1000)
+    args = parser.parse_args()
+    levels = tuple(int(x) for x in args.levels.split(","))
+    print(json.dumps(asyncio.run(main(levels, args.churn))))
+
+
+if __name__ == "__main__":
+    cli()
