@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
-        proto-breaking rust-check pytest lock bench-audio fuzz bench-agent
+        proto-breaking rust-check pytest lock bench-audio fuzz migrate gateway bench-gateway bootstrap bench-agent
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,7 @@ services-down: ## stop the local services
 	@bash scripts/services.sh down
 
 demo: services ## the main job: start the platform's servers and show their health
+	@$(PY) -m services.control.migrate
 	@$(PY) -m services.demo
 
 up: services ## start the platform's servers and leave them running (logs in .var/run/)
@@ -56,6 +57,7 @@ rust-check: setup ## cargo clippy -D warnings and cargo test
 	@cargo test --workspace --quiet
 
 pytest: services ## Python tests against the real local services
+	@$(PY) -m services.control.migrate
 	@$(BIN)/pytest -q
 
 test: setup check-generated lint typecheck proto-lint proto-breaking rust-check pytest ## everything CI runs
@@ -81,3 +83,15 @@ fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not 
 
 bench-agent: setup ## agent service cost per call with fixed-latency providers; prints one JSON object
 	@$(PY) -m benchmarks.agent.bench
+
+migrate: services ## apply pending control-plane migrations (forward-only, idempotent)
+	@$(PY) -m services.control.migrate
+
+gateway: migrate ## run the REST gateway on api_gateway.port (8000); needs the control plane (make up)
+	@$(PY) -m gateway
+
+bootstrap: migrate ## first tenant + platform-admin API key on a fresh install (TENANT="Name")
+	@$(PY) -m gateway.bootstrap --tenant "$${TENANT:-Default}"
+
+bench-gateway: services ## GET /v1/agents/{id} via the gateway (vegeta) vs GetAgent via ghz; prints JSON
+	@$(PY) -m benchmarks.gateway.bench

@@ -42,7 +42,7 @@ from gateway.transcode import (
     rpc_error_body,
 )
 from services.control.auth import RESERVED_PREFIX, InternalAuth, Principal, internal_auth, resolve_secret
-from services.shared.cache import create_redis
+from services.control.state import blocking_redis
 from services.shared.dependency_health import check_all
 from services.shared.logging import log_context
 from services.shared.settings import Settings, load_settings
@@ -131,7 +131,7 @@ class Gateway:
         self._pool = await asyncpg.create_pool(
             self.settings.database_url, min_size=1, max_size=self.cfg.database_pool_size, command_timeout=10
         )
-        self._redis = create_redis(self.settings)
+        self._redis = blocking_redis(self.settings)
         self._auth = Authenticator(self._pool, self.jwt_secret, self.cfg.auth_cache_seconds)
         self._limiter = RateLimiter(
             self._redis, self.cfg.rate_limiting.default_limit, self.cfg.rate_limiting.burst_limit

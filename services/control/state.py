@@ -12,11 +12,19 @@ import redis.asyncio as aioredis
 
 from services.control.auth import InternalAuth, Permission, Principal
 from services.control.errors import ApiError
-from services.shared.cache import create_redis
 from services.shared.db import create_pool
 from services.shared.events import EventBus
 from services.shared.grpc_server import Context
 from services.shared.settings import Settings
+
+
+def blocking_redis(settings: Settings) -> aioredis.Redis:
+    """A client whose pool makes callers wait for a free connection under load (the default pool
+    raises "Too many connections" instead) - bursts of requests must queue, not fail."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_pool_size, timeout=5, socket_connect_timeout=5
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 @dataclass
@@ -35,7 +43,7 @@ class ControlState:
             return
         async with self._lock:
             if self._pool is None:
-                self._redis = create_redis(self.settings)
+                self._redis = blocking_redis(self.settings)
                 self._pool = await create_pool(self.settings)
 
     @property

@@ -1,0 +1,234 @@
+"""`make bench-gateway`: GET /v1/agents/{id} through the REST gateway (vegeta, constant rate) vs the same
+GetAgent RPC straight to the control plane (ghz), on this machine; prints one JSON object.
+
+Each server runs as its own process (control plane, gateway with one uvicorn worker) against a fresh
+PostgreSQL schema that is dropped afterwards. The gateway's overhead is its p99 minus ghz's p99 at the
+same rate (GATEWAY_RPS). Knobs: GATEWAY_RPS (500), GHZ_RPS (1000), BENCH_SECONDS (10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from gateway.bootstrap import bootstrap
+from services.control.auth import InternalAuth, Permission, Principal
+from services.control.migrate import migrate_url
+from services.shared.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}".strip(", ")
+
+
+async def wait_http(url: str, deadline: float) -> None:
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code < 500:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer")
+
+
+def run_vegeta(tools: Path, url: str, key: str, rps: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as targets:
+        targets.write(f"GET {url}\nX-API-Key: {key}\n")
+    attack = subprocess.run(
+        [
+            str(tools / "vegeta"),
+            "attack",
+            f"-targets={targets.name}",
+            f"-rate={rps}",
+            f"-duration={seconds}s",
+            "-timeout=5s",
+            "-max-workers=256",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    report = subprocess.run(
+        [str(tools / "vegeta"), "report", "-type=json"], input=attack.stdout, check=True, capture_output=True
+    )
+    data = json.loads(report.stdout)
+    lat = data["latencies"]
+    codes = data.get("status_codes", {})
+    if set(codes) != {"200"}:
+        raise RuntimeError(f"gateway answered non-200s during the run: {codes}")
+    return {
+        "rps": round(data["throughput"], 1),
+        "p50_ms": round(lat["50th"] / 1e6, 3),
+        "p99_ms": round(lat["99th"] / 1e6, 3),
+    }
+
+
+def run_ghz(  # noqa: PLR0917
+    tools: Path, target: str, agent_id: str, metadata: dict[str, str], rps: int, seconds: int
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            str(tools / "ghz"),
+            "--insecure",
+            "--call",
+            "voice.v1.AgentService/GetAgent",
+            # Compile the contract locally: ghz's reflection client trips over the googleapis imports.
+            "--proto",
+            "voice/v1/agents.proto",
+            "--import-paths",
+            f"{ROOT / 'proto'},{ROOT / 'third_party/googleapis'}",
+            "-d",
+            json.dumps({"id": agent_id}),
+            "--metadata",
+            json.dumps(metadata),
+            "--rps",
+            str(rps),
+            "-z",
+            f"{seconds}s",
+            "-c",
+            "50",
+            "--connections",
+            "4",
+            "--format",
+            "json",
+            target,
+        ],
+        check=False,
+        capture_output=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"ghz failed: {out.stderr.decode()[-2000:]} {out.stdout.decode()[-2000:]}")
+    data = json.loads(out.stdout)
+    dist = {d["percentage"]: d["latency"] for d in data["latencyDistribution"]}
+    errors = sum((data.get("errorDistribution") or {}).values())
+    # ghz cancels the calls in flight when its duration ends; a handful of errors then is expected.
+    if errors > max(5, data["count"] // 1000):
+        raise RuntimeError(f"ghz saw errors: {data.get('errorDistribution')}")
+    return {
+        "rps": round(data["rps"], 1),
+        "p50_ms": round(dist[50] / 1e6, 3),
+        "p99_ms": round(dist[99] / 1e6, 3),
+        "errors": errors,
+    }
+
+
+def install_tools() -> str:
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gateway/install_tools.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+async def main() -> int:
+    gateway_rps = int(os.environ.get("GATEWAY_RPS", "500"))
+    ghz_rps = int(os.environ.get("GHZ_RPS", "1000"))
+    seconds = int(os.environ.get("BENCH_SECONDS", "10"))
+    tools = Path(await asyncio.to_thread(install_tools))
+    base = load_settings()
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(base.database_url)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    url = base.database_url + ("&" if "?" in base.database_url else "?") + f"search_path={schema}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await migrate_url(url)
+        conn = await asyncpg.connect(url)
+        tenant_id, _, key = await bootstrap(conn, "Bench", trial_minutes=60.0, platform_admin=False)
+        await conn.close()
+        control_port, gateway_port = free_port(), free_port()
+        internal, jwt_secret = secrets.token_hex(32), secrets.token_hex(32)
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "INTERNAL_AUTH_SECRET": internal,
+            "JWT_SECRET": jwt_secret,
+            "CONTROL__GRPC_PORT": str(control_port),
+            "CONTROL__METRICS_PORT": "0",
+            "API_GATEWAY__PORT": str(gateway_port),
+            "API_GATEWAY__WORKERS": "1",
+            "API_GATEWAY__CONTROL_TARGET": f"127.0.0.1:{control_port}",
+            "API_GATEWAY__RATE_LIMITING__DEFAULT_LIMIT": "100000000",
+            "API_GATEWAY__RATE_LIMITING__BURST_LIMIT": "100000",
+            "LOG_LEVEL": "WARNING",
+        }
+        for module in ("services.control", "gateway"):
+            procs.append(subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT))  # noqa: ASYNC220
+        gw = f"http://127.0.0.1:{gateway_port}"
+        await wait_http(f"{gw}/health", time.monotonic() + 30)
+        async with httpx.AsyncClient(base_url=gw) as client:
+            created = await client.post(
+                "/v1/agents", json={"name": "Bench agent", "systemPrompt": "Hi"}, headers={"X-API-Key": key}
+            )
+            created.raise_for_status()
+            agent_id = created.json()["agent"]["id"]
+            for _ in range(200):  # warm up connections and caches
+                (await client.get(f"/v1/agents/{agent_id}", headers={"X-API-Key": key})).raise_for_status()
+        metadata = dict(
+            InternalAuth(internal.encode()).metadata(Principal(str(tenant_id), "bench", Permission.READ))
+        )
+        target = f"127.0.0.1:{control_port}"
+        gateway = await asyncio.to_thread(
+            run_vegeta, tools, f"{gw}/v1/agents/{agent_id}", key, gateway_rps, seconds
+        )
+        grpc_same_rate = await asyncio.to_thread(
+            run_ghz, tools, target, agent_id, metadata, gateway_rps, seconds
+        )
+        grpc_ghz = await asyncio.to_thread(run_ghz, tools, target, agent_id, metadata, ghz_rps, seconds)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+    result: dict[str, Any] = {
+        "gateway": gateway,
+        "grpc_ghz": grpc_ghz,
+        "grpc_ghz_at_gateway_rate": grpc_same_rate,
+        "gateway_overhead_ms_p99": round(gateway["p99_ms"] - grpc_same_rate["p99_ms"], 3),
+        "rates": {"gateway_rps": gateway_rps, "ghz_rps": ghz_rps, "seconds": seconds},
+        "targets": {"gateway_overhead_ms_p99_max": 5.0, "grpc_ghz_p99_ms_max": 10.0},
+        "machine": machine(),
+    }
+    print(json.dumps(result, indent=2))
+    out = ROOT / ".var/bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gateway.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
