@@ -154,6 +154,13 @@ triton_down() {
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+    # The python backend stubs inherit the listening sockets and outlive the server for a moment; the
+    # ports are free only when its whole process group is gone.
+    for _ in $(seq 100); do
+      port_open 127.0.0.1 "$GRPC_PORT" || port_open 127.0.0.1 "$HTTP_PORT" || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$PIDFILE"
 }

@@ -18,8 +18,12 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         # HQ: the quality the platform uses elsewhere; its ~1 ms of delay is irrelevant next to the engine.
-        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ")
+        # float32, not int16: soxr dithers integer output with noise, so the same input would not give
+        # the same samples twice.
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
 
     def process(self, pcm: npt.NDArray[np.int16], *, last: bool = False) -> npt.NDArray[np.int16]:
-        out = self._stream.resample_chunk(pcm, last=last)
-        return np.asarray(out, dtype=np.int16).reshape(-1)
+        out = self._stream.resample_chunk(pcm.astype(np.float32) / 32768.0, last=last)
+        scaled = np.rint(np.asarray(out, dtype=np.float32).reshape(-1) * 32768.0)
+        clipped: npt.NDArray[np.int16] = np.clip(scaled, -32768, 32767).astype(np.int16)
+        return clipped

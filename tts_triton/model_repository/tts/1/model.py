@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,6 +112,12 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU" and settings.device != "cuda":
             settings = settings.model_copy(update={"device": "cuda"})
         self.core = TtsCore(settings)
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self._slots = threading.BoundedSemaphore(int(params.get("max_concurrent_requests") or 8))
+        self._lock = threading.Lock()
+        self._ipc_lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._active = 0
         labels = {"model": "tts", "instance": self.instance, "engine": self.core.default_engine}
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
         # The families must outlive their metrics, so they are kept on the instance too.
@@ -123,7 +130,9 @@ class TritonPythonModel:
             "audio": pb_utils.MetricFamily(
                 "tts_audio_seconds_total", "Seconds of audio generated (sent or not)", counter
             ),
-            "busy": pb_utils.MetricFamily("tts_instance_busy", "1 while the instance is generating", gauge),
+            "busy": pb_utils.MetricFamily(
+                "tts_active_requests", "Requests the instance is generating", gauge
+            ),
         }
         self.m_requests = self.families["requests"].Metric(labels)
         self.m_errors = self.families["errors"].Metric(labels)
@@ -133,50 +142,79 @@ class TritonPythonModel:
         log.info("tts instance %s ready with engine %s", self.instance, self.core.default_engine)
 
     def execute(self, requests: list[Any]) -> None:
+        # Decoupled: each request gets its own thread and execute returns at once, so one instance
+        # streams several utterances at a time (espeak-ng runs one process per utterance; Chatterbox
+        # serialises on its own lock). The semaphore bounds how many generate at once per instance.
         for request in requests:
-            self._handle(request)
+            thread = threading.Thread(target=self._run, args=(request,), name="tts-request", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _run(self, request: Any) -> None:
+        try:
+            with self._slots:
+                self._handle(request)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _set_active(self, delta: int) -> None:
+        with self._lock:
+            self._active += delta
+            active = self._active
+        self._ipc(self.m_busy.set, active)
+
+    def _ipc(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Calls into the backend (responses, cancellation checks, metrics) one thread at a time: the
+        stub's shared-memory channel to Triton crashes the server when request threads use it at once."""
+        with self._ipc_lock:
+            return call(*args, **kwargs)
 
     def _handle(self, request: Any) -> None:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        self.m_requests.increment(1)
-        self.m_busy.set(1)
-        should_stop = _throttled(sender.is_cancelled)
+        self._ipc(self.m_requests.increment, 1)
+        self._set_active(1)
+        should_stop = _throttled(lambda: bool(self._ipc(sender.is_cancelled)))
         try:
             prepared = self.core.prepare(_params(request))
             info = json.dumps(prepared.info.__dict__)
             for chunk in self.core.stream(prepared, should_stop):
-                self.m_audio.increment(chunk.pcm.size / 24000)
+                self._ipc(self.m_audio.increment, chunk.pcm.size / 24000)
                 outputs = [
                     pb_utils.Tensor("AUDIO", chunk.pcm),
                     pb_utils.Tensor("FINAL", np.array([chunk.final], dtype=np.bool_)),
                     pb_utils.Tensor("INFO", np.array([info.encode()], dtype=np.object_)),
                 ]
                 info = ""
-                sender.send(
-                    pb_utils.InferenceResponse(output_tensors=outputs), flags=final if chunk.final else 0
-                )
+                response = pb_utils.InferenceResponse(output_tensors=outputs)
+                self._ipc(sender.send, response, flags=final if chunk.final else 0)
                 if chunk.final:
                     return
             # The stream ended without a final chunk: the client cancelled.
-            self.m_cancelled.increment(1)
+            self._ipc(self.m_cancelled.increment, 1)
             error = pb_utils.TritonError("cancelled: by the client", pb_utils.TritonError.CANCELLED)
-            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            self._ipc(sender.send, pb_utils.InferenceResponse(error=error), flags=final)
         except RequestError as exc:
-            self.m_errors.increment(1)
+            self._ipc(self.m_errors.increment, 1)
             # Triton's stream responses carry only the message, not the code: the message starts with the
             # kind ("invalid_argument: text is empty") so clients can classify it.
             code = getattr(pb_utils.TritonError, _ERROR_CODES[exc.kind])
             error = pb_utils.TritonError(f"{exc.kind}: {exc}", code)
-            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            self._ipc(sender.send, pb_utils.InferenceResponse(error=error), flags=final)
         except Exception as exc:
             # Any failure ends this request with an error; the instance stays up for the next one.
-            self.m_errors.increment(1)
+            self._ipc(self.m_errors.increment, 1)
             log.exception("synthesis failed")
             error = pb_utils.TritonError(f"internal: synthesis failed: {exc}")
-            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            self._ipc(sender.send, pb_utils.InferenceResponse(error=error), flags=final)
         finally:
-            self.m_busy.set(0)
+            self._set_active(-1)
 
     def finalize(self) -> None:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=10)
         self.core.close()
