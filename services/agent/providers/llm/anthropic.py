@@ -118,8 +118,10 @@ class ClaudeModel:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
             "messages": to_messages(request.messages),
+            # SDK 2.x no longer lists sampling parameters (newer models fix them); the models of spec
+            # 3.3.5 still take `temperature`, so it rides in the body as the API documents it.
+            "extra_body": {"temperature": request.temperature},
         }
         if request.system:
             params["system"] = request.system
@@ -184,8 +186,10 @@ class ClaudeModel:
             if isinstance(error, dict):
                 kind = str(error.get("type", ""))
         headers = exc.response.headers if exc.response is not None else {}
+        # An `error` event inside a 200 stream surfaces as a status error with the stream's status.
+        where = "stream error" if exc.status_code == 200 else f"HTTP {exc.status_code}"
         return ProviderUnavailable(
             self.name,
-            f"HTTP {exc.status_code} {kind}".strip(),
+            f"{where} {kind}".strip(),
             retry_after_s=_retry_after(headers),
         )

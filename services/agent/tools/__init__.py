@@ -1,0 +1,1 @@
+"""Tools the LLM may call: tenant webhooks (signed, validated, bounded)."""
