@@ -180,9 +180,18 @@ FRAME = b"\x00\x01" * 320
             grpc.StatusCode.INVALID_ARGUMENT,
             "codec",
         ),
-        ([start(), audio(b"")], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
-        ([start(), audio(b"\x00" * 641)], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
-        ([start(), audio(b"\x00" * 640 * 10)], grpc.StatusCode.INVALID_ARGUMENT, "is not PCM16 audio"),
+        (
+            [start(codec=media_pb2.AUDIO_CODEC_OPUS, sample_rate=48000), audio(b"\xff" * 40, 48000, 2)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "corrupt Opus packet",
+        ),
+        ([start(), audio(b"")], grpc.StatusCode.INVALID_ARGUMENT, "is not AUDIO_CODEC_PCM16 audio"),
+        ([start(), audio(b"\x00" * 641)], grpc.StatusCode.INVALID_ARGUMENT, "is not AUDIO_CODEC_PCM16 audio"),
+        (
+            [start(), audio(b"\x00" * 640 * 10)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "is not AUDIO_CODEC_PCM16 audio",
+        ),
         ([start(), start()], grpc.StatusCode.FAILED_PRECONDITION, "already received"),
         ([start(), pb.ConverseRequest()], grpc.StatusCode.INVALID_ARGUMENT, "no event set"),
         (
