@@ -21,6 +21,7 @@ class AgentMetrics:
     barge_ins: Counter
     underruns: Counter
     errors: Counter
+    breaker_state: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AgentMetrics:
@@ -74,4 +75,10 @@ class AgentMetrics:
                 registry=registry,
             ),
             errors=Counter("errors_total", "Errors by kind", ["service", "type"], registry=registry),
+            breaker_state=Gauge(
+                "circuit_breaker_state",
+                "Provider circuit breakers: 0 closed, 1 open, 2 half-open",
+                ["service"],
+                registry=registry,
+            ),
         )

@@ -21,7 +21,7 @@ from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.session import CallSession
 from services.agent.profile import build_profile
-from services.agent.providers.factory import ProviderFactory
+from services.agent.providers.factory import ProviderFactory, ProviderSecrets
 from services.shared.grpc_server import Context, GrpcServer, bind
 from services.shared.logging import log_context
 from services.shared.settings import Settings
@@ -137,9 +137,12 @@ def build_server(
     providers: ProviderFactory | None = None,
     observer: SessionObserver | None = None,
 ) -> GrpcServer:
-    providers = providers or ProviderFactory.from_settings(settings.agent_service)
+    providers = providers or ProviderFactory.from_settings(
+        settings.agent_service, ProviderSecrets.from_settings(settings)
+    )
     server = GrpcServer("agent", settings.agent_service, [])
     metrics = AgentMetrics.create(server.registry)
+    providers.attach_metrics(metrics)
     directory = directory or StaticDirectory([demo_agent()])
     servicer = AgentSessionServicer(settings, directory, providers, metrics, observer)
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)

@@ -95,6 +95,12 @@ class SttSettings(BaseModel):
     punctuate: bool = True
     smart_format: bool = True
     deepgram_url: str = "wss://api.deepgram.com"
+    # Deepgram's own end-of-speech signals (ours come from Silero; theirs are a second opinion).
+    endpointing_ms: int = Field(300, ge=10)
+    utterance_end_ms: int = Field(1000, ge=1000)
+    # KeepAlive while the caller is silent (Deepgram closes an idle socket after 10 s: NET-0001).
+    keepalive_seconds: float = Field(4.0, gt=0, lt=10)
+    connect_timeout_seconds: float = Field(3.0, gt=0)
 
 
 class LlmSettings(BaseModel):
@@ -105,6 +111,10 @@ class LlmSettings(BaseModel):
     max_tokens: int = Field(1024, ge=1, le=64_000)
     streaming: bool = True
     anthropic_base_url: str = "https://api.anthropic.com"
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # SDK retries after an error; 0 because a retry's backoff is dead air on a call: the degradation
+    # chain (Haiku, then the policy) answers sooner.
+    max_retries: int = Field(0, ge=0, le=5)
 
 
 class TtsClientSettings(BaseModel):
@@ -156,6 +166,22 @@ class ToolSettings(BaseModel):
     max_concurrent_tools: int = Field(3, ge=1)
 
 
+class ResilienceSettings(BaseModel):
+    """Degradation chains (spec 12.3). Breaker thresholds are the spec's (12.2), not settings."""
+
+    # A provider that has not produced its first output (LLM event, TTS audio) within this bound is
+    # treated as failed and the next tier takes over: the longest silence a failover may cause.
+    max_dead_air_ms: int = Field(1500, ge=100)
+    # A stream that stops producing for this long mid-answer is treated as failed too.
+    stream_stall_ms: int = Field(5000, ge=100)
+    # STT: a final transcript this late after Finalize means the recogniser is stuck: replay the
+    # utterance to the next tier (shorter than the session's own wait for the final, 1.5 s).
+    stt_final_stall_ms: int = Field(700, ge=50)
+    # Fallback tiers in order; "offline" = PocketSphinx, "policy" = the agent's cached answers.
+    stt_chain: list[Literal["primary", "fallback", "offline"]] = ["primary", "fallback", "offline"]
+    llm_chain: list[Literal["primary", "fallback", "policy"]] = ["primary", "fallback", "policy"]
+
+
 class AgentServiceSettings(ServerSettings):
     grpc_port: int = Field(50052, ge=0, le=65535)
     metrics_port: int = Field(9102, ge=0, le=65535)
@@ -166,6 +192,7 @@ class AgentServiceSettings(ServerSettings):
     conversation: ConversationSettings = ConversationSettings()
     turn_taking: TurnTakingSettings = TurnTakingSettings()
     tools: ToolSettings = ToolSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
 
 
 class ControlSettings(ServerSettings):
@@ -253,6 +280,8 @@ class Settings(BaseSettings):
     livekit_api_secret: SecretStr | None = None
     deepgram_api_key: SecretStr | None = None
     anthropic_api_key: SecretStr | None = None
+    # Signs tool webhook requests (HMAC-SHA256); each tenant gets a secret derived from it.
+    tool_webhook_secret: SecretStr | None = None
     chatterbox_url: str | None = None
     jwt_secret: SecretStr | None = None
     # Shared by the gateway and internal callers to sign the tenant context they send the control plane

@@ -33,6 +33,7 @@ from services.agent.pipeline.inbound import InboundAudio
 from services.agent.pipeline.normalize import normalize_for_speech
 from services.agent.pipeline.playout import Playout, Segment
 from services.agent.ports import (
+    CannotContinue,
     Completed,
     KnowledgeBase,
     LanguageModel,
@@ -66,6 +67,8 @@ IDLE_GOODBYE = "It seems we got disconnected. Please call again anytime. Goodbye
 MAX_DURATION_GOODBYE = "We have reached the maximum length for this call. Goodbye!"
 REOFFER_PREFIX = "As I was saying, "
 TOOL_FILLER = "Let me check that for you."
+# Last resorts of the degradation chains (spec 12.3): no recogniser left, or no voice left.
+TROUBLE_HEARING = "I'm having trouble hearing you. Please hold for an agent."
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,30 @@ class CallSession:
     # --- caller turns -------------------------------------------------------------------------------
 
     async def _read_transcripts(self) -> None:
+        try:
+            await self._read_transcript_results()
+        except CannotContinue as exc:
+            # Every recogniser failed: say so and hand the caller to a human. The session stays up
+            # (the bridge ends it once the transfer is done).
+            log.error("speech recognition exhausted: transferring", extra={"data": {"reason": exc.reason}})
+            self._cancel_reply(restore_caller_text=False)
+            self._start_reply(scripted=TROUBLE_HEARING)
+            assert self._reply is not None
+            self._reply.deferred.append(self._handover("stt_unavailable"))
+            await self._ended.wait()
+
+    def _handover(self, reason: str) -> pb.ConverseResponse:
+        targets = self.profile.agent.transfer_targets
+        return pb.ConverseResponse(
+            transfer=pb.TransferRequest(
+                type=pb.TRANSFER_TYPE_BLIND,
+                target=targets[0].target if targets else "",
+                context=f"The AI agent could not continue ({reason}).",
+                reason=reason,
+            )
+        )
+
+    async def _read_transcript_results(self) -> None:
         assert self.stt is not None
         async for result in self.stt.results():
             text = result.text.strip()
@@ -467,6 +494,11 @@ class CallSession:
                 self._ended.set()
         except asyncio.CancelledError:
             raise
+        except CannotContinue as exc:
+            # No voice left (TTS and clips failed): the caller goes to a human.
+            self.metrics.errors.labels("agent", f"{exc.port}_exhausted").inc()
+            log.error("cannot continue the call: transferring", extra={"data": {"reason": str(exc)}})
+            self._emit(self._handover(f"{exc.port}_unavailable"))
         except Exception:
             self.metrics.errors.labels("agent", "reply_failed").inc()
             log.exception("reply failed")
@@ -600,7 +632,9 @@ class CallSession:
                 for use in webhook_uses:
                     results[use.id] = json.dumps({"error": f"tool {use.name} is not available on this agent"})
             else:
-                filler = asyncio.create_task(self._speak_round(reply, self._scripted(TOOL_FILLER)))
+                fillers = {t.name: t.filler for t in self.profile.agent.tools if t.filler}
+                line = next((fillers[u.name] for u in webhook_uses if u.name in fillers), TOOL_FILLER)
+                filler = asyncio.create_task(self._speak_round(reply, self._scripted(line)))
                 outcomes: list[ToolOutcome] = await asyncio.gather(*(runner.run(u) for u in webhook_uses))
                 await filler
                 for use, outcome in zip(webhook_uses, outcomes, strict=True):

@@ -138,6 +138,7 @@ class FallbackSttStream:
         self._finalize_pending = False
         self._exhausted = False
         self._failed_tiers: set[int] = set()  # tiers that failed during the current utterance
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
         self._out: asyncio.Queue[Transcription | CannotContinue | None] = asyncio.Queue()
 
@@ -197,6 +198,7 @@ class FallbackSttStream:
         if self._pump is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self._out.put_nowait(None)
 
     # --- switching ----------------------------------------------------------------------------------
@@ -257,6 +259,11 @@ class FallbackSttStream:
         pump, self._pump = self._pump, None
         if pump is not None and pump is not asyncio.current_task():
             pump.cancel()
+        # Closed in the background: a graceful close (Deepgram drains its last results for up to 2 s)
+        # must not delay the switch; aclose() waits for these.
+        self._retiring.add(asyncio.create_task(self._retire(inner), name="stt-retire"))
+
+    async def _retire(self, inner: SttStream) -> None:
         with contextlib.suppress(Exception):
             await inner.aclose()
 
