@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import struct
 import threading
 import time
 import wave
@@ -105,9 +106,10 @@ def validate_reference_wav(data: bytes, *, min_seconds: float = MIN_REFERENCE_SE
                 wav.getnframes(),
             )
             payload = wav.readframes(frames)
-    except (wave.Error, EOFError) as exc:
+    except (wave.Error, EOFError, RuntimeError, ValueError, struct.error) as exc:
+        # The wave module reports some malformed chunk tables with a bare RuntimeError.
         raise VoiceError(
-            "invalid_argument", f"reference_audio is not a readable PCM WAV file: {exc}"
+            "invalid_argument", f"reference_audio is not a readable PCM WAV file: {exc or 'malformed chunks'}"
         ) from None
     if width != 2:
         raise VoiceError("invalid_argument", f"reference_audio must be 16-bit PCM, got {8 * width}-bit")

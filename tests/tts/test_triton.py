@@ -77,7 +77,7 @@ async def test_cancel_mid_utterance_stops_generation_and_frees_the_instance(tts:
     assert after["tts_cancelled_total"] == before["tts_cancelled_total"] + 1
     generated = after["tts_audio_seconds_total"] - before["tts_audio_seconds_total"]
     # The whole text is > 120 s of audio; generation stopped long before that.
-    assert 0.2 <= generated < 60, generated
+    assert 0.19 <= generated < 60, generated  # at least the two chunks received
     assert len(received) == 2
     # The freed instance serves the next request.
     assert (await collect(tts, "Still here."))[-1].final
