@@ -189,7 +189,7 @@ class OpusDecoder:
 class Resampler:
     """Streaming low-delay polyphase resampler (mono).
 
-    Rates: 8000, 12000, 16000, 24000, 32000, 44100, 48000. Output per chunk is steady and
+    Rates: 8000, 12000, 16000, 22050, 24000, 32000, 44100, 48000. Output per chunk is steady and
     chunk-size independent (bit-identical for any split of the input); the delay is constant
     (``delay_ms``, <= 3 ms for all pairs among 8/16/24/48 kHz).
     """

@@ -16,7 +16,8 @@
 use crate::error::{invalid, Result};
 
 /// Rates the resampler accepts.
-pub const RATES: [u32; 7] = [8000, 12000, 16000, 24000, 32000, 44100, 48000];
+/// (22050 Hz is espeak-ng's native rate, the offline TTS engine's.)
+pub const RATES: [u32; 8] = [8000, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
 
 const ATTEN_DB: f64 = 88.0;
 const MAX_DELAY_S: f64 = 0.0027;
@@ -103,7 +104,7 @@ impl Resampler {
     pub fn new(in_rate: u32, out_rate: u32) -> Result<Self> {
         if !RATES.contains(&in_rate) || !RATES.contains(&out_rate) {
             return invalid(format!(
-                "unsupported resampling {in_rate} -> {out_rate} Hz (rates: 8000, 12000, 16000, 24000, 32000, 44100, 48000)"
+                "unsupported resampling {in_rate} -> {out_rate} Hz (rates: 8000, 12000, 16000, 22050, 24000, 32000, 44100, 48000)"
             ));
         }
         let g = gcd(in_rate as u64, out_rate as u64);
@@ -382,6 +383,23 @@ mod tests {
 
     fn tone(f: f64, rate: u32, n: usize) -> Vec<f32> {
         (0..n).map(|i| (2.0 * PI * f * i as f64 / rate as f64).sin() as f32).collect()
+    }
+
+    #[test]
+    fn espeak_rate_converts_with_the_same_quality() {
+        // 22050 Hz (the offline TTS engine) -> the platform's 24 kHz and the pipeline's 16 kHz.
+        for (a, b) in [(22050u32, 24000u32), (22050, 16000)] {
+            let rs = Resampler::new(a, b).unwrap();
+            assert!(rs.delay_seconds() <= 0.003, "{a}->{b}: {} s", rs.delay_seconds());
+            for f in [300.0, 1000.0, 3000.0, 0.75 * a.min(b) as f64 / 2.0] {
+                let mut rs = Resampler::new(a, b).unwrap();
+                let y = run_all(&mut rs, &tone(f, a, a as usize / 2));
+                let skip = 2 * rs.k * b as usize / a as usize + 64;
+                let (amp, res) = fit(&y, f, b, skip);
+                assert!((20.0 * amp.log10()).abs() < 0.05, "{a}->{b} {f} Hz: gain {amp}");
+                assert!(20.0 * (res * 2f64.sqrt()).log10() < -80.0, "{a}->{b} {f} Hz: residual {res}");
+            }
+        }
     }
 
     #[test]
