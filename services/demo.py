@@ -12,16 +12,20 @@ import asyncio
 import sys
 from pathlib import Path
 
-import grpc
-
-from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
 from services.agent.providers.tts import TritonTextToSpeech
-from services.launcher import Platform, health_status, platform_servers, reflected_services, stop_detached
+from services.demo_seed import seed_demo_agent
+from services.launcher import (
+    Platform,
+    health_status,
+    http_status,
+    platform_servers,
+    reflected_services,
+    stop_detached,
+)
 from services.shared.dependency_health import check_all
 from services.shared.settings import Settings, SettingsError, load_settings
 from services.softphone.caller import CallScript, ScriptedCaller
 from services.softphone.report import latency_table, write_wav
-from voice.v1 import system_pb2, system_pb2_grpc
 
 DEMO_LINES = [
     "Hi, what are your opening hours on Saturday?",
@@ -39,7 +43,7 @@ async def start_tts() -> None:
         raise RuntimeError("scripts/tts.sh triton-up failed (see its output above)")
 
 
-async def place_call(settings: Settings, platform: Platform) -> bool:
+async def place_call(settings: Settings, platform: Platform, tenant_id: str, agent_id: str) -> bool:
     print("\nCalling Dr. Smith's clinic (the demo agent) with the softphone; the caller says:")
     for line in DEMO_LINES:
         print(f"  - {line}")
@@ -47,7 +51,7 @@ async def place_call(settings: Settings, platform: Platform) -> bool:
     tts = TritonTextToSpeech(settings.agent_service.tts)
     try:
         caller = ScriptedCaller(
-            platform.address("agent"), tts, tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID, on_event=print
+            platform.address("agent"), tts, tenant_id=tenant_id, agent_id=agent_id, on_event=print
         )
         record = await caller.call(CallScript(lines=DEMO_LINES))
     finally:
@@ -71,25 +75,24 @@ async def report(settings: Settings, platform: Platform) -> bool:
         mark = "ok  " if dep.healthy else "FAIL"
         print(f"  [{mark}] {dep.name:<9} {dep.detail}  ({dep.latency_ms:.1f} ms)")
 
-    print("\nPlatform gRPC servers (grpc.health.v1 + reflection):")
+    print("\nPlatform servers (gRPC: grpc.health.v1 + reflection; gateway: GET /health):")
     for spec in platform.specs:
         address = platform.address(spec.name)
+        if spec.kind == "http":
+            code = await asyncio.to_thread(http_status, f"http://{address}/health")
+            ok &= code == 200
+            print(
+                f"  [{'ok  ' if code == 200 else 'FAIL'}] {spec.name:<8} {address:<16} HTTP {code} "
+                f" REST API; OpenAPI http://{address}/openapi.json, docs http://{address}/docs"
+            )
+            continue
         status = await health_status(address)
         ok &= status == "SERVING"
         services = [s for s in await reflected_services(address) if s.startswith("voice.")]
         print(
             f"  [{'ok  ' if status == 'SERVING' else 'FAIL'}] {spec.name:<8} {address:<16} {status:<8}"
-            f" metrics :{spec.settings.metrics_port}  {', '.join(services) or '(health only)'}"
+            f" metrics :{spec.metrics_port}  {', '.join(services) or '(health only)'}"
         )
-
-    async with grpc.aio.insecure_channel(platform.address("control")) as channel:
-        health = await system_pb2_grpc.SystemServiceStub(channel).CheckHealth(
-            system_pb2.CheckHealthRequest(), timeout=10
-        )
-    ok &= health.status == "ok"
-    print(
-        f"\nControl plane SystemService.CheckHealth (GET /health): {health.status} (version {health.version})"
-    )
     print("\nTry: grpcurl -plaintext", platform.address("agent"), "list")
     return ok
 
@@ -110,13 +113,20 @@ async def main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     await start_tts()
-    platform = Platform(platform_servers(settings))
-    print("Starting control, agent, bridge and worker servers ...")
+    # One gateway worker is plenty for a demo on a small machine.
+    platform = Platform(platform_servers(settings), env={"API_GATEWAY__WORKERS": "1"})
+    print("Starting the control, agent, bridge and worker servers and the REST gateway ...")
     await platform.start()
     try:
         ok = await report(settings, platform)
         if not args.up:
-            ok &= await place_call(settings, platform)
+            gateway = f"http://{platform.address('gateway')}"
+            seeded = await seed_demo_agent(settings, gateway)
+            verb = "created" if seeded.created else "updated"
+            print(f"\nDemo agent {verb} through the REST gateway (PUT/POST {gateway}/v1/agents):")
+            print(f"  tenant {seeded.tenant_id}, agent {seeded.agent_id}; the agent service reads it from")
+            print("  the control plane (GetAgent) when the call starts.")
+            ok &= await place_call(settings, platform, seeded.tenant_id, seeded.agent_id)
     finally:
         if args.up:
             print("\nServers left running (logs in .var/run/); stop them with: make down")

@@ -12,8 +12,11 @@ import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -28,16 +31,37 @@ RUN_DIR = Path(".var/run")
 class ServerSpec:
     name: str
     module: str
-    settings: ServerSettings
+    host: str
+    port: int
+    metrics_port: int | None = None
+    # gRPC servers are probed with grpc.health.v1; the REST gateway with GET /health.
+    kind: Literal["grpc", "http"] = "grpc"
+
+    @classmethod
+    def grpc(cls, name: str, module: str, settings: ServerSettings) -> ServerSpec:
+        return cls(name, module, settings.host, settings.grpc_port, settings.metrics_port)
 
 
 def platform_servers(settings: Settings) -> list[ServerSpec]:
+    gateway = settings.api_gateway
     return [
-        ServerSpec("control", "services.control", settings.control),
-        ServerSpec("agent", "services.agent", settings.agent_service),
-        ServerSpec("bridge", "services.bridge", settings.webrtc_bridge),
-        ServerSpec("worker", "services.worker", settings.worker_service),
+        ServerSpec.grpc("control", "services.control", settings.control),
+        ServerSpec.grpc("agent", "services.agent", settings.agent_service),
+        ServerSpec.grpc("bridge", "services.bridge", settings.webrtc_bridge),
+        ServerSpec.grpc("worker", "services.worker", settings.worker_service),
+        ServerSpec("gateway", "gateway", gateway.host, gateway.port, kind="http"),
     ]
+
+
+def http_status(url: str) -> int | None:
+    """The HTTP status of GET `url` (None when nothing answers). Blocking: call it in a thread."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
 
 
 async def health_status(address: str, service: str = "", deadline_s: float = 2.0) -> str:
@@ -71,18 +95,24 @@ async def reflected_services(address: str) -> list[str]:
 
 
 async def wait_serving(
-    address: str, deadline_s: float, proc: asyncio.subprocess.Process | None = None
+    address: str, deadline_s: float, proc: asyncio.subprocess.Process | None = None, kind: str = "grpc"
 ) -> None:
+    """Waits until the server answers: SERVING over grpc.health.v1, or any HTTP answer on /health."""
     end = time.monotonic() + deadline_s
     status = "not started"
     while time.monotonic() < end:
         if proc is not None and proc.returncode is not None:
             raise RuntimeError(f"server at {address} exited with status {proc.returncode}")
-        status = await health_status(address, deadline_s=1.0)
-        if status == "SERVING":
-            return
+        if kind == "http":
+            if await asyncio.to_thread(http_status, f"http://{address}/health") is not None:
+                return
+            status = "no answer"
+        else:
+            status = await health_status(address, deadline_s=1.0)
+            if status == "SERVING":
+                return
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"server at {address} not SERVING after {deadline_s:.0f} s (last: {status})")
+    raise TimeoutError(f"server at {address} not serving after {deadline_s:.0f} s (last: {status})")
 
 
 class Platform:
@@ -97,9 +127,12 @@ class Platform:
         self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
+    def spec(self, name: str) -> ServerSpec:
+        return next(s for s in self.specs if s.name == name)
+
     def address(self, name: str) -> str:
-        spec = next(s for s in self.specs if s.name == name)
-        return f"{spec.settings.host}:{spec.settings.grpc_port}"
+        spec = self.spec(name)
+        return f"{spec.host}:{spec.port}"
 
     async def start(self, *, startup_timeout: float = 30.0) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +153,10 @@ class Platform:
             (self.run_dir / f"{spec.name}.pid").write_text(str(proc.pid))
         try:
             await asyncio.gather(
-                *(wait_serving(self.address(s.name), startup_timeout, self.procs[s.name]) for s in self.specs)
+                *(
+                    wait_serving(self.address(s.name), startup_timeout, self.procs[s.name], s.kind)
+                    for s in self.specs
+                )
             )
         except Exception as exc:
             await self.stop()

@@ -16,7 +16,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from services.agent.demo_agent import demo_agent
-from services.agent.directory import AgentDirectory, AgentNotFoundError, StaticDirectory
+from services.agent.directory import (
+    AgentDirectory,
+    AgentNotFoundError,
+    ControlPlaneDirectory,
+    DirectoryUnavailableError,
+    LayeredDirectory,
+    StaticDirectory,
+)
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.session import CallSession
@@ -85,6 +92,8 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
             agent = await self._directory.get(start.tenant_id, start.agent_id)
         except AgentNotFoundError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except DirectoryUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"agent configuration unavailable ({exc})")
         profile = build_profile(agent, self._settings)
         out: asyncio.Queue[agent_session_pb2.ConverseResponse | None] = asyncio.Queue()
         with log_context(tenant_id=start.tenant_id, call_id=start.call_id):
@@ -143,7 +152,10 @@ def build_server(
     server = GrpcServer("agent", settings.agent_service, [])
     metrics = AgentMetrics.create(server.registry)
     providers.attach_metrics(metrics)
-    directory = directory or StaticDirectory([demo_agent()])
+    # The built-in demo agent answers without a database; every other agent comes from the control plane.
+    directory = directory or LayeredDirectory(
+        StaticDirectory([demo_agent()]), ControlPlaneDirectory(settings)
+    )
     servicer = AgentSessionServicer(settings, directory, providers, metrics, observer)
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
     return server

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
+from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID, demo_agent
+from services.agent.directory import StaticDirectory
 from services.agent.pipeline.session import CallSession
 from services.agent.providers.tts import TritonTextToSpeech
 from services.agent.server import build_server
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings
 from services.softphone.caller import ScriptedCaller
+from voice.v1 import agents_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,12 +51,27 @@ def finished() -> FinishedSessions:
     return FinishedSessions()
 
 
+IDLE_AGENT_ID = "a_idle"
+
+
+def idle_agent() -> agents_pb2.Agent:
+    """The demo agent, impatient: prompts after 1 s of silence, once, then says goodbye."""
+    agent = demo_agent()
+    agent.id = IDLE_AGENT_ID
+    agent.conversation.idle_prompt_seconds = 1
+    agent.conversation.max_idle_prompts = 1
+    return agent
+
+
 @pytest.fixture(scope="session")
 async def agent_server(
     settings: Settings, triton: None, finished: FinishedSessions
 ) -> AsyncIterator[GrpcServer]:
     section = settings.agent_service.model_copy(update={"grpc_port": 0, "metrics_port": 0})
-    server = build_server(settings.model_copy(update={"agent_service": section}), observer=finished)
+    directory = StaticDirectory([demo_agent(), idle_agent()])
+    server = build_server(
+        settings.model_copy(update={"agent_service": section}), directory, observer=finished
+    )
     await server.start()
     yield server
     await server.stop(grace=1)

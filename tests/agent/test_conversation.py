@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID, demo_agent
+from services.agent.providers.tts import TritonTextToSpeech
 from services.shared.grpc_server import GrpcServer
 from services.softphone.caller import CALLER_RATE, CallRecord, CallScript, ScriptedCaller
-from tests.agent.conftest import FinishedSessions
+from tests.agent.conftest import IDLE_AGENT_ID, FinishedSessions
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, media_pb2
 
@@ -25,6 +27,11 @@ SESSION_TASKS = re.compile(
 )
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def agent_lines(record: CallRecord) -> list[tuple[str, bool]]:
     return [(text, interrupted) for _, who, text, interrupted in record.transcript if who == "agent"]
 
@@ -33,7 +40,9 @@ def caller_lines(record: CallRecord) -> list[str]:
     return [text for _, who, text, _ in record.transcript if who == "caller"]
 
 
-async def test_greeting_then_answer_with_paced_continuous_audio(caller: ScriptedCaller) -> None:
+async def test_greeting_then_answer_with_paced_continuous_audio(
+    caller: ScriptedCaller, agent_server: GrpcServer
+) -> None:
     record = await caller.call(CallScript(lines=["What are your opening hours?"]))
     assert record.status == "OK"
     lines = agent_lines(record)
@@ -45,6 +54,23 @@ async def test_greeting_then_answer_with_paced_continuous_audio(caller: Scripted
     assert all(len(pcm) == 960 for _, pcm in frames)
     assert record.agent_rate == 24000
     assert record.frames_received > 5 * 50  # several seconds of speech
+    metrics = await asyncio.to_thread(scrape, agent_server.metrics_port)
+    for name in ("stt_latency_seconds", "llm_latency_seconds", "tts_latency_seconds", "e2e_latency_seconds"):
+        assert f'{name}_count{{tenant="{DEMO_TENANT_ID}"' in metrics or f"{name}_count{{" in metrics, name
+    assert 'calls_total{direction="inbound",status="completed"' in metrics
+
+
+async def test_idle_caller_is_prompted_then_the_agent_ends_the_call(
+    agent_server: GrpcServer, caller_tts: TritonTextToSpeech
+) -> None:
+    impatient = ScriptedCaller(
+        agent_server.address, caller_tts, tenant_id=DEMO_TENANT_ID, agent_id=IDLE_AGENT_ID
+    )
+    record = await impatient.call(CallScript(lines=[], hangup_after_s=20))
+    said = [text for text, _ in agent_lines(record)]
+    assert said[1] == "Are you still there?"
+    assert "Goodbye" in said[2]
+    assert record.end_call is not None and record.end_call.reason == "caller_idle"
 
 
 async def test_three_turn_call_ends_in_a_warm_transfer_with_a_briefing(caller: ScriptedCaller) -> None:

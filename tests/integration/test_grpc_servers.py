@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import urllib.request
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 
 from services.bridge.server import build_server as build_bridge
 from services.control.server import build_server as build_control
-from services.launcher import Platform, health_status, platform_servers, reflected_services
+from services.launcher import Platform, health_status, http_status, platform_servers, reflected_services
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings, load_settings
 from voice.v1 import call_control_pb2, call_control_pb2_grpc, system_pb2, system_pb2_grpc
@@ -98,15 +99,22 @@ async def test_each_service_runs_as_a_process(monkeypatch: pytest.MonkeyPatch, t
     for section in ("CONTROL", "AGENT_SERVICE", "WEBRTC_BRIDGE", "WORKER_SERVICE"):
         monkeypatch.setenv(f"{section}__GRPC_PORT", str(free_port()))
         monkeypatch.setenv(f"{section}__METRICS_PORT", str(free_port()))
+    monkeypatch.setenv("API_GATEWAY__PORT", str(free_port()))
+    monkeypatch.setenv("API_GATEWAY__WORKERS", "1")
     platform = Platform(platform_servers(load_settings()), run_dir=tmp_path)
     await platform.start(startup_timeout=60)
     procs = list(platform.procs.values())
     try:
         for spec in platform.specs:
-            assert await health_status(platform.address(spec.name)) == "SERVING", spec.name
+            if spec.kind == "grpc":
+                assert await health_status(platform.address(spec.name)) == "SERVING", spec.name
+        gateway_health = f"http://{platform.address('gateway')}/health"
+        assert await asyncio.to_thread(http_status, gateway_health) == 200
         assert "voice.v1.AgentSessionService" in await reflected_services(platform.address("agent"))
         assert "voice.v1.CallControlService" in await reflected_services(platform.address("bridge"))
     finally:
         await platform.stop()
-    assert [p.returncode for p in procs] == [0, 0, 0, 0]  # SIGTERM -> graceful stop -> exit 0
+    codes = {spec.name: proc.returncode for spec, proc in zip(platform.specs, procs, strict=True)}
+    # SIGTERM -> graceful stop; uvicorn re-raises the signal after its graceful shutdown.
+    assert codes == {"control": 0, "agent": 0, "bridge": 0, "worker": 0, "gateway": -signal.SIGTERM}
     assert "gRPC server stopped" in (tmp_path / "agent.log").read_text()
