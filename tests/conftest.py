@@ -11,3 +11,26 @@ from services.shared.settings import Settings, load_settings
 def settings() -> Settings:
     """Settings from the environment; defaults reach the local services of scripts/services.sh."""
     return load_settings()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--live",
+        action="store_true",
+        default=False,
+        help="also run the tests marked `live` against the real cloud APIs (needs DEEPGRAM_API_KEY and "
+        "ANTHROPIC_API_KEY)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "live: talks to real cloud APIs; runs only with --live and keys")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--live"):
+        return
+    skip = pytest.mark.skip(reason="talks to real cloud APIs: run with --live (and real keys)")
+    for item in items:
+        if "live" in item.keywords:
+            item.add_marker(skip)

@@ -120,6 +120,7 @@ async def webhook_server() -> AsyncIterator[TenantWebhooks]:
 
 @pytest.fixture
 def webhooks(webhook_server: TenantWebhooks) -> TenantWebhooks:
+    webhook_server.secret = TOOL_SECRET
     webhook_server.calls.clear()
     webhook_server.in_flight = webhook_server.max_in_flight = 0
     return webhook_server
