@@ -8,7 +8,8 @@ export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
-        proto-breaking rust-check pytest lock bench-audio fuzz demo-cloud migrate gateway bench-gateway bootstrap bench-agent
+        proto-breaking rust-check pytest lock bench-audio fuzz demo-cloud migrate gateway bench-gateway bootstrap bench-agent \
+        tts tts-down bench-tts
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -22,18 +23,26 @@ services: setup ## start PostgreSQL, Redis and NATS JetStream on loopback
 services-down: ## stop the local services
 	@bash scripts/services.sh down
 
-demo: services ## the main job: start the platform's servers and show their health
+tts: setup ## start the TTS node: real tritonserver (CPU, model tts) on :8101 and its HTTP facade on :8080
+	@bash scripts/tts.sh up
+
+tts-down: ## stop the TTS node (tritonserver and facade)
+	@bash scripts/tts.sh down
+
+bench-tts: setup ## TTS time to first audio / RTF at concurrency 1/4/16, Triton vs in-process; one JSON object
+	@bash scripts/tts.sh triton-up >&2
+	@$(PY) -m benchmarks.tts.bench
+
+demo: services tts ## the main job: the platform on this machine and a phone call to the demo AI agent
 	@$(PY) -m services.control.migrate
 	@$(PY) -m services.demo
 
-demo-cloud: setup ## the demo call with Deepgram + Claude adapters (real SDKs) against local protocol peers
-	@$(PY) -m tests.peers.demo
-
-up: services ## start the platform's servers and leave them running (logs in .var/run/)
+up: services tts ## start the platform's servers and leave them running (logs in .var/run/)
 	@$(PY) -m services.demo --up
 
 down: ## stop the platform's servers and the local services
 	@$(PY) -m services.demo --down
+	@bash scripts/tts.sh down
 	@bash scripts/services.sh down
 
 generate: setup ## regenerate Python code and mypy stubs from proto/

@@ -101,9 +101,9 @@ triton_up() {
       --grpc-address=127.0.0.1 --grpc-port="$GRPC_PORT" \
       --metrics-address=127.0.0.1 --metrics-port="$METRICS_PORT" \
       --allow-cpu-metrics=true --allow-gpu-metrics=false \
-      --strict-readiness=true --exit-on-error=true \
+      --strict-readiness=true --exit-on-error=true --exit-timeout-secs=5 \
       --log-info=true --log-warning=true --log-error=true \
-      ${VOICE_TRITON_ARGS:-} >"$LOG" 2>&1 </dev/null &
+      ${VOICE_TRITON_ARGS:-} >"$LOG" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDFILE"
   code_hash >"$RUN/code.hash"
   local i
@@ -125,7 +125,7 @@ facade_up() {
   port_open 127.0.0.1 "$FACADE_PORT" && die "port $FACADE_PORT is taken by another process (not our TTS facade)"
   step "starting the TTS HTTP facade on 127.0.0.1:$FACADE_PORT"
   CHATTERBOX_SERVICE__STORAGE_PATH="$(realpath -m "${CHATTERBOX_SERVICE__STORAGE_PATH:-.var/voices}")" \
-    setsid nohup "$VENV/bin/python" -m tts_triton.facade --port "$FACADE_PORT" >"$FACADE_LOG" 2>&1 </dev/null &
+    setsid nohup "$VENV/bin/python" -m tts_triton.facade --port "$FACADE_PORT" >"$FACADE_LOG" 2>&1 </dev/null 9>&- &
   echo $! >"$FACADE_PIDFILE"
   code_hash >"$RUN/facade.hash"
   local i
@@ -180,6 +180,12 @@ status() {
   else echo "tts facade   down  http://127.0.0.1:$FACADE_PORT"; ok=1; fi
   return $ok
 }
+
+# One start/stop at a time: concurrent test sessions may call `up` at once. (The servers are started with
+# fd 9 closed, or they would hold the lock for as long as they run.)
+mkdir -p "$RUN"
+exec 9>"$RUN/.lock"
+flock -w 300 9 || die "another scripts/tts.sh has held $RUN/.lock for 5 minutes"
 
 case "${1:-status}" in
   up) triton_up; facade_up; status ;;

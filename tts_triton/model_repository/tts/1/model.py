@@ -87,8 +87,9 @@ def _params(request: Any) -> SynthesisParams:
 
 
 def _throttled(check: Callable[[], bool]) -> Callable[[], bool]:
-    """`check` at most every _CANCEL_POLL_S; once true, stays true."""
-    state = {"next": 0.0, "stopped": False}
+    """`check` at most every _CANCEL_POLL_S (the first time after one interval, so the first chunk
+    is not delayed by a round trip); once true, stays true."""
+    state = {"next": time.monotonic() + _CANCEL_POLL_S, "stopped": False}
 
     def should_stop() -> bool:
         if state["stopped"]:
@@ -174,14 +175,14 @@ class TritonPythonModel:
     def _handle(self, request: Any) -> None:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        self._ipc(self.m_requests.increment, 1)
         self._set_active(1)
+        samples = 0
         should_stop = _throttled(lambda: bool(self._ipc(sender.is_cancelled)))
         try:
             prepared = self.core.prepare(_params(request))
             info = json.dumps(prepared.info.__dict__)
             for chunk in self.core.stream(prepared, should_stop):
-                self._ipc(self.m_audio.increment, chunk.pcm.size / 24000)
+                samples += chunk.pcm.size
                 outputs = [
                     pb_utils.Tensor("AUDIO", chunk.pcm),
                     pb_utils.Tensor("FINAL", np.array([chunk.final], dtype=np.bool_)),
@@ -210,6 +211,10 @@ class TritonPythonModel:
             error = pb_utils.TritonError(f"internal: synthesis failed: {exc}")
             self._ipc(sender.send, pb_utils.InferenceResponse(error=error), flags=final)
         finally:
+            # Counters are updated once per request, not per chunk: each update is an IPC round trip.
+            self._ipc(self.m_requests.increment, 1)
+            if samples:
+                self._ipc(self.m_audio.increment, samples / 24000)
             self._set_active(-1)
 
     def finalize(self) -> None:
