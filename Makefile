@@ -37,6 +37,9 @@ demo: services tts ## the main job: the platform on this machine and a phone cal
 	@$(PY) -m services.control.migrate
 	@$(PY) -m services.demo
 
+demo-cloud: setup ## the demo call with Deepgram + Claude adapters (real SDKs) against local protocol peers
+	@$(PY) -m tests.peers.demo
+
 up: services tts ## start the platform's servers and leave them running (logs in .var/run/)
 	@$(PY) -m services.demo --up
 
