@@ -34,7 +34,7 @@ LINES = [
     "I would like to book an appointment with Doctor Smith.",
     "Can I speak to someone at reception please?",
 ]
-RECORDING = Path("demo-cloud-call.wav")
+RECORDING = REPO / ".var" / "demo-cloud-call.wav"  # under .var/: never committed
 
 
 def claude(body: dict[str, Any]) -> Reply:
@@ -129,6 +129,7 @@ async def main(argv: list[str]) -> int:
     if record.latencies:
         print("\nPer-turn latency (ms):")
         print(latency_table(record.latencies))
+    RECORDING.parent.mkdir(parents=True, exist_ok=True)
     seconds = write_wav(record, RECORDING)
     print(f"\nRecording of both sides: {RECORDING} ({seconds:.1f} s)")
     answered = sum(1 for _, who, _, _ in record.transcript if who == "agent")
