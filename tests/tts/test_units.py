@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from services.shared.settings import ChatterboxServiceSettings
@@ -95,11 +96,19 @@ def test_prepared_voice_lru() -> None:
     assert len(cache) == 2
 
 
-def test_resampler_keeps_duration() -> None:
-    resampler = StreamResampler(22050, 24000)
-    pieces = [resampler.process(np.zeros(441, dtype=np.int16)) for _ in range(50)]
-    pieces.append(resampler.process(np.zeros(0, dtype=np.int16), last=True))
-    assert sum(p.size for p in pieces) == pytest.approx(24000, abs=2)
+@pytest.mark.parametrize("backend", ["audio_core", "soxr"])
+def test_resampler_keeps_duration_and_ignores_the_split(backend: str) -> None:
+    tone = (np.sin(np.arange(22050) * 0.05) * 8000).astype(np.int16)
+
+    def run(step: int) -> npt.NDArray[np.int16]:
+        resampler = StreamResampler(22050, 24000, backend=backend)
+        pieces = [resampler.process(tone[i : i + step]) for i in range(0, tone.size, step)]
+        pieces.append(resampler.process(np.zeros(0, dtype=np.int16), last=True))
+        return np.concatenate(pieces)
+
+    one, other = run(441), run(1777)
+    assert one.size == pytest.approx(24000, abs=2)
+    assert np.array_equal(one, other)
 
 
 def test_sentence_split() -> None:
