@@ -32,7 +32,7 @@ from services.agent.providers.factory import ProviderFactory, ProviderSecrets
 from services.shared.grpc_server import Context, GrpcServer, bind
 from services.shared.logging import log_context
 from services.shared.settings import Settings
-from voice.v1 import agent_session_pb2, agent_session_pb2_grpc, media_pb2
+from voice.v1 import agent_session_pb2, agent_session_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,6 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         if missing:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start: missing {', '.join(missing)}")
         output_rate = self._providers.tts.sample_rate
-        out_format = start.output_format
-        if out_format.codec not in (0, media_pb2.AUDIO_CODEC_PCM16) or out_format.sample_rate not in (
-            0,
-            output_rate,
-        ):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"unsupported output format (supported: PCM16 {output_rate} Hz mono)",
-            )
         try:
             agent = await self._directory.get(start.tenant_id, start.agent_id)
         except AgentNotFoundError as exc:

@@ -38,6 +38,8 @@ class CallScript:
     reply_timeout_s: float = 30.0
     caller_voice: str = "default_male_1"
     hangup_after_s: float = 1.0
+    # What the agent should send back (PCM16 at the TTS rate when unset), like a bridge would ask.
+    output_format: media_pb2.AudioFormat | None = None
 
 
 @dataclass
@@ -114,6 +116,7 @@ class ScriptedCaller:
                         channels=1,
                         frame_duration_ms=FRAME_MS,
                     ),
+                    output_format=script.output_format,
                 )
             )
             seq, next_due = 0, time.monotonic()

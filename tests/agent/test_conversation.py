@@ -73,6 +73,14 @@ async def test_idle_caller_is_prompted_then_the_agent_ends_the_call(
     assert record.end_call is not None and record.end_call.reason == "caller_idle"
 
 
+async def test_agent_voice_as_g711_when_the_bridge_asks_for_it(caller: ScriptedCaller) -> None:
+    pcmu = media_pb2.AudioFormat(codec=media_pb2.AUDIO_CODEC_PCMU, sample_rate=8000, channels=1)
+    record = await caller.call(CallScript(lines=[], output_format=pcmu, hangup_after_s=0))
+    assert agent_lines(record)[0] == (GREETING, False)
+    assert record.agent_rate == 8000
+    assert {len(pcm) for _, pcm in record.agent_audio} == {160}
+
+
 async def test_three_turn_call_ends_in_a_warm_transfer_with_a_briefing(caller: ScriptedCaller) -> None:
     lines = [
         "Hi, what are your opening hours on Saturday?",

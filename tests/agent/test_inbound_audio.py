@@ -12,6 +12,7 @@ import pytest
 import audio_core
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.inbound import InboundAudio
+from services.agent.pipeline.outbound import OutboundAudio
 from voice.v1 import media_pb2
 
 OPUS, PCMU, PCMA, PCM16 = (
@@ -87,3 +88,27 @@ def test_g711_frame_too_long_is_refused() -> None:
     inbound = InboundAudio(fmt(PCMU, 8000))
     with pytest.raises(SessionError, match="is not AUDIO_CODEC_PCMU audio"):
         inbound.decode(frame(0, b"\x7f" * 8000, PCMU, 8000))
+
+
+@pytest.mark.parametrize(
+    "codec, rate, frame_bytes",
+    [(PCM16, 24000, 960), (PCM16, 16000, 640), (PCM16, 48000, 1920), (PCMU, 8000, 160), (PCMA, 8000, 160)],
+)
+def test_agent_voice_in_the_requested_format(codec: int, rate: int, frame_bytes: int) -> None:
+    outbound = OutboundAudio(fmt(codec, rate), 24000)
+    frames = [outbound.encode(tone(24000, 20)) for _ in range(10)]
+    assert {len(f) for f in frames} == {frame_bytes}
+    assert outbound.timestamp(480 * 10) == rate // 50 * 10
+
+
+def test_agent_voice_as_opus_decodes_back() -> None:
+    outbound = OutboundAudio(fmt(OPUS, 48000), 24000)
+    decoder = audio_core.OpusDecoder(48000, 1)
+    pcm = b"".join(decoder.decode(outbound.encode(tone(24000, 20))) for _ in range(25))
+    assert len(pcm) == 25 * 960 * 2 and audio_core.rms_dbfs(pcm[9600:]) > -25
+
+
+@pytest.mark.parametrize("requested", [fmt(PCMU, 16000), fmt(PCM16, 44100), fmt(PCM16, 24000, channels=2)])
+def test_unsupported_output_formats_are_refused(requested: media_pb2.AudioFormat) -> None:
+    with pytest.raises(SessionError, match="unsupported output format"):
+        OutboundAudio(requested, 24000)

@@ -31,6 +31,7 @@ from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.history import Conversation
 from services.agent.pipeline.inbound import InboundAudio
 from services.agent.pipeline.normalize import normalize_for_speech
+from services.agent.pipeline.outbound import OutboundAudio
 from services.agent.pipeline.playout import Playout, Segment
 from services.agent.ports import (
     CannotContinue,
@@ -150,6 +151,7 @@ class CallSession:
         self._emit = emit
         self.tenant = start.tenant_id
         self.inbound = InboundAudio(start.input_format)
+        self.outbound = OutboundAudio(start.output_format, output_sample_rate)
         tt = profile.turn_taking
         self.endpointer = Endpointer(tt.vad_threshold, tt.min_speech_ms, tt.min_silence_ms)
         self.vad = providers.vad.new_stream()
@@ -670,11 +672,11 @@ class CallSession:
             pb.ConverseResponse(
                 audio=media_pb2.AudioFrame(
                     sequence_number=sequence_number,
-                    timestamp=timestamp,
-                    sample_rate=self.playout.sample_rate,
-                    codec=media_pb2.AUDIO_CODEC_PCM16,
+                    timestamp=self.outbound.timestamp(timestamp),
+                    sample_rate=self.outbound.rate,
+                    codec=self.outbound.codec,
                     channels=1,
-                    payload=pcm,
+                    payload=self.outbound.encode(pcm),
                 )
             )
         )
@@ -740,19 +742,22 @@ class CallSession:
     # --- idle and limits ----------------------------------------------------------------------------
 
     async def _watch_idle(self) -> None:
+        """Prompts a silent caller, says goodbye after too many prompts or at the maximum duration.
+        Never returns before the call ends: the session ends when any of its tasks finishes."""
         tt = self.profile.turn_taking
-        while True:
+        while not self._ended.is_set():
             await asyncio.sleep(0.25)
             now = time.monotonic()
             if now - self._started_at > tt.max_call_s and self._reply is None:
                 self._start_reply(scripted=MAX_DURATION_GOODBYE, end="max_duration")
-                return
+                break
             busy = self._reply is not None or self.endpointer.in_speech or self._turn_finisher is not None
             if busy or now - self._last_activity < tt.idle_prompt_s:
                 continue
             self._last_activity = now
             if self._idle_prompts >= tt.max_idle_prompts:
                 self._start_reply(scripted=IDLE_GOODBYE, end="caller_idle")
-                return
+                break
             self._idle_prompts += 1
             self._start_reply(scripted=IDLE_PROMPT)
+        await self._ended.wait()
