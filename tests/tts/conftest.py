@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 TRITON_URL = "127.0.0.1:8101"
 TRITON_METRICS = "http://127.0.0.1:8102/metrics"
 LONG_TEXT = "This is a long answer that keeps going, sentence after sentence. " * 70  # ~4,500 characters
+# LONG_TEXT is ~280 s of speech. A cancelled request must stop well before the end: the bound leaves room
+# for a loaded machine (espeak-ng makes ~250 s of audio per second) and for other clients of the same
+# server adding to the global counters while a test runs.
+CANCELLED_AUDIO_BOUND_S = 140.0
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.tts.conftest import LONG_TEXT, reference_wav, triton_metrics, unique_voice_id
+from tests.tts.conftest import (
+    CANCELLED_AUDIO_BOUND_S,
+    LONG_TEXT,
+    reference_wav,
+    triton_metrics,
+    unique_voice_id,
+)
 
 BODY: dict[str, Any] = {
     "text": "I'd be happy to help you with that [chuckle]. Let me check your account.",
@@ -90,8 +96,8 @@ async def test_client_hanging_up_mid_stream_cancels_generation(facade_url: str) 
         if after["tts_cancelled_total"] > before["tts_cancelled_total"] and after["tts_active_requests"] == 0:
             break
         await asyncio.sleep(0.05)
-    assert after["tts_cancelled_total"] == before["tts_cancelled_total"] + 1
-    assert after["tts_audio_seconds_total"] - before["tts_audio_seconds_total"] < 60
+    assert after["tts_cancelled_total"] >= before["tts_cancelled_total"] + 1
+    assert after["tts_audio_seconds_total"] - before["tts_audio_seconds_total"] < CANCELLED_AUDIO_BOUND_S
 
 
 @pytest.mark.parametrize(
