@@ -10,6 +10,8 @@
   GET  /health              200 when Triton has the model ready, else 503
   GET  /metrics             Prometheus: requests, time to first audio, real-time factor, errors, streams
 
+The same process serves voice.v1.TtsService over gRPC on `grpc_port` (tts_triton/grpc_service.py).
+
 Synthesis goes through Triton (the same client the agent uses); voices are read and written in the
 registry directory the Triton model reads. Errors are RFC 9457 problem JSON; audio responses say what the
 engine did in X-TTS-* headers (engine, whether exaggeration/cfg_weight were honoured, dropped tags).
@@ -43,8 +45,14 @@ from prometheus_client import (
 )
 
 from services.agent.providers.tts import TritonTextToSpeech, TtsChunk, TtsError, TtsUnavailableError
+from services.shared.grpc_server import GrpcServer
 from services.shared.logging import configure_logging
-from services.shared.settings import ChatterboxServiceSettings, TtsClientSettings, load_settings
+from services.shared.settings import (
+    ChatterboxServiceSettings,
+    ServerSettings,
+    TtsClientSettings,
+    load_settings,
+)
 from tts_triton.voices import VoiceError, VoiceRecord, VoiceRegistry
 
 log = logging.getLogger(__name__)
@@ -232,6 +240,7 @@ class TtsFacade:
         self.tts = TritonTextToSpeech(client_settings, engine="")
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics.create(self.registry)
+        self.extra_registries: list[CollectorRegistry] = []
 
     async def close(self) -> None:
         await self.tts.close()
@@ -259,7 +268,8 @@ class TtsFacade:
             elif path == "/health" and method == "GET":
                 await self._health(send)
             elif path == "/metrics" and method == "GET":
-                await self._respond(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+                text = b"".join(generate_latest(r) for r in (self.registry, *self.extra_registries))
+                await self._respond(send, 200, text, CONTENT_TYPE_LATEST)
             elif path in ("/synthesize", "/synthesize/stream", "/voices", "/health", "/metrics"):
                 raise HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}")
             else:
@@ -528,11 +538,26 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def serve(settings: ChatterboxServiceSettings) -> None:
+    """The facade's process: HTTP on `port` and voice.v1.TtsService (gRPC) on `grpc_port`."""
     import uvicorn  # noqa: PLC0415 - only the server process needs it
 
+    from tts_triton.grpc_service import tts_binding  # noqa: PLC0415
+
     app = TtsFacade(settings)
+    grpc_server = GrpcServer(
+        "tts",
+        ServerSettings(host=settings.host, grpc_port=settings.grpc_port, metrics_port=0),
+        [tts_binding(app.tts, app.voices)],
+        serve_metrics_http=False,
+    )
+    # One /metrics for the node: the facade's own series and the gRPC server's.
+    app.extra_registries.append(grpc_server.registry)
+    await grpc_server.start()
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await grpc_server.stop()
 
 
 def main() -> None:

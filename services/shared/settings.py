@@ -221,10 +221,12 @@ class WorkerSettings(ServerSettings):
 
 
 class ChatterboxServiceSettings(BaseModel):
-    """The TTS node (spec 3.5.5): Triton model `tts` and its HTTP facade on `port`."""
+    """The TTS node (spec 3.5.5): Triton model `tts`, its HTTP facade on `port` and voice.v1.TtsService
+    over gRPC on `grpc_port` (served by the facade process)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int = Field(50055, ge=0, le=65535)
     # "auto": Chatterbox-Turbo where weights, torch and a GPU exist, else the offline espeak-ng engine.
     model_name: Literal["auto", "chatterbox-turbo", "chatterbox", "espeak-ng"] = "auto"
     device: Literal["cuda", "cpu"] = "cpu"

@@ -124,3 +124,22 @@ def reference_wav(seconds: float = 6.0, rate: int = 16000, channels: int = 1) ->
 
 def unique_voice_id() -> str:
     return f"test_{secrets.token_hex(5)}"
+
+
+@pytest.fixture(scope="session")
+async def tts_grpc(tts: TritonTextToSpeech, node_settings: ChatterboxServiceSettings) -> AsyncIterator[str]:
+    """voice.v1.TtsService on a free port (what the facade process serves on grpc_port)."""
+    from services.shared.grpc_server import GrpcServer  # noqa: PLC0415
+    from services.shared.settings import ServerSettings  # noqa: PLC0415
+    from tts_triton.grpc_service import tts_binding  # noqa: PLC0415
+    from tts_triton.voices import VoiceRegistry  # noqa: PLC0415
+
+    server = GrpcServer(
+        "tts-test",
+        ServerSettings(grpc_port=0, metrics_port=0),
+        [tts_binding(tts, VoiceRegistry(node_settings.storage_path))],
+        serve_metrics_http=False,
+    )
+    await server.start()
+    yield server.address
+    await server.stop(grace=1)
