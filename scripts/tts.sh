@@ -8,7 +8,8 @@
 # Python 3.11 backend stub into the python backend folder, starts the server and waits until the `tts`
 # model is ready. Ports: VOICE_TRITON_HTTP_PORT (8100), VOICE_TRITON_GRPC_PORT (8101),
 # VOICE_TRITON_METRICS_PORT (8102). Extra server flags: VOICE_TRITON_ARGS (e.g. --model-config-name=gpu).
-# Facade port: CHATTERBOX_SERVICE__PORT (8080). Logs and pids under $VOICE_VAR_DIR/tts (default .var/tts).
+# Facade port: CHATTERBOX_SERVICE__PORT (8080); it also serves voice.v1.TtsService on
+# CHATTERBOX_SERVICE__GRPC_PORT (50055). Logs and pids under $VOICE_VAR_DIR/tts (default .var/tts).
 # A running server whose model code differs from the checkout (hash of tts_triton/ and the settings) is
 # restarted by `up`, so tests never run against stale model code.
 set -euo pipefail
@@ -176,7 +177,7 @@ status() {
   else
     echo "tritonserver down  127.0.0.1:$GRPC_PORT"; ok=1
   fi
-  if facade_ready; then echo "tts facade   up    http://127.0.0.1:$FACADE_PORT (/synthesize, /voices, /health, /metrics)"
+  if facade_ready; then echo "tts facade   up    http://127.0.0.1:$FACADE_PORT (/synthesize, /voices, /health, /metrics), gRPC TtsService :${CHATTERBOX_SERVICE__GRPC_PORT:-50055}"
   else echo "tts facade   down  http://127.0.0.1:$FACADE_PORT"; ok=1; fi
   return $ok
 }
