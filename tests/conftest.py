@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from services.shared.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     """Settings from the environment; defaults reach the local services of scripts/services.sh."""
     return load_settings()
+
+
+@pytest.fixture(scope="session")
+def triton(settings: Settings) -> str:
+    """The gRPC address of the real Triton server with model `tts` (offline engine), started once by
+    scripts/tts.sh (idempotent; restarts a server running stale model code)."""
+    result = subprocess.run(
+        ["bash", "scripts/tts.sh", "triton-up"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/tts.sh triton-up failed:\n{result.stdout}\n{result.stderr}")
+    return settings.agent_service.tts.triton_url
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

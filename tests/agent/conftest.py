@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,23 +15,6 @@ from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings
 from services.softphone.caller import ScriptedCaller
 from voice.v1 import agents_pb2
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def triton() -> None:
-    """The real Triton server with the offline engine (idempotent start)."""
-    result = subprocess.run(
-        ["bash", "scripts/tts.sh", "triton-up"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"scripts/tts.sh triton-up failed:\n{result.stdout}\n{result.stderr}")
 
 
 class FinishedSessions:
@@ -65,7 +46,7 @@ def idle_agent() -> agents_pb2.Agent:
 
 @pytest.fixture(scope="session")
 async def agent_server(
-    settings: Settings, triton: None, finished: FinishedSessions
+    settings: Settings, triton: str, finished: FinishedSessions
 ) -> AsyncIterator[GrpcServer]:
     section = settings.agent_service.model_copy(update={"grpc_port": 0, "metrics_port": 0})
     directory = StaticDirectory([demo_agent(), idle_agent()])
@@ -78,7 +59,7 @@ async def agent_server(
 
 
 @pytest.fixture(scope="session")
-async def caller_tts(settings: Settings, triton: None) -> AsyncIterator[TritonTextToSpeech]:
+async def caller_tts(settings: Settings, triton: str) -> AsyncIterator[TritonTextToSpeech]:
     tts = TritonTextToSpeech(settings.agent_service.tts)
     yield tts
     await tts.close()

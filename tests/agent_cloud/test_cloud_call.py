@@ -3,10 +3,8 @@ tools through a signed tenant webhook, and a warm transfer carrying its briefing
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from google.protobuf.struct_pb2 import Struct
@@ -28,25 +26,10 @@ from tests.peers.deepgram_peer import DeepgramPeer
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agents_pb2
 
-REPO = Path(__file__).resolve().parents[2]
 MASTER_SECRET = b"platform-tool-secret"
 SONNET = "claude-sonnet-4-20250514"
 FILLER = "One moment while I check the calendar."
 ANSWER = "Doctor Smith has three openings on Tuesday: 9 AM, 2 PM and 4:30 PM. Which works best for you?"
-
-
-@pytest.fixture(scope="module")
-def triton() -> None:
-    result = subprocess.run(
-        ["bash", "scripts/tts.sh", "triton-up"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"scripts/tts.sh triton-up failed:\n{result.stdout}\n{result.stderr}")
 
 
 def cloud_agent(webhook_url: str) -> agents_pb2.Agent:
@@ -82,7 +65,7 @@ class CloudPlatform:
 @pytest.fixture(scope="module")
 async def cloud(
     settings: Settings,
-    triton: None,
+    triton: str,
     anthropic_server: AnthropicPeer,
     deepgram_server: DeepgramPeer,
     webhook_server: TenantWebhooks,

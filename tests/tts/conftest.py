@@ -10,7 +10,6 @@ import math
 import re
 import secrets
 import socket
-import subprocess
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,22 +31,6 @@ LONG_TEXT = "This is a long answer that keeps going, sentence after sentence. " 
 # for a loaded machine (espeak-ng makes ~250 s of audio per second) and for other clients of the same
 # server adding to the global counters while a test runs.
 CANCELLED_AUDIO_BOUND_S = 140.0
-
-
-@pytest.fixture(scope="session")
-def triton() -> str:
-    """The gRPC address of a ready tritonserver with model `tts`."""
-    result = subprocess.run(
-        ["bash", "scripts/tts.sh", "triton-up"],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"scripts/tts.sh triton-up failed:\n{result.stdout}\n{result.stderr}")
-    return TRITON_URL
 
 
 @pytest.fixture(scope="session")

@@ -300,18 +300,7 @@ class CallSession:
                 )
             )
         )
-        self._emit(
-            pb.ConverseResponse(
-                transcript=pb.Transcript(
-                    speaker=pb.SPEAKER_AGENT,
-                    text=heard,
-                    is_final=True,
-                    confidence=1.0,
-                    turn_index=self.turn_index,
-                    interrupted=True,
-                )
-            )
-        )
+        self._emit_agent_transcript(heard, interrupted=True)
         self._emit(pb.ConverseResponse(state=pb.AgentStateChange(state=pb.AGENT_STATE_LISTENING)))
         self.state = pb.AGENT_STATE_LISTENING
 
@@ -476,17 +465,7 @@ class CallSession:
                 await self._converse(reply)
             await self._drain(reply)
             if text := " ".join(t for t in reply.spoken if t):
-                self._emit(
-                    pb.ConverseResponse(
-                        transcript=pb.Transcript(
-                            speaker=pb.SPEAKER_AGENT,
-                            text=text,
-                            is_final=True,
-                            confidence=1.0,
-                            turn_index=self.turn_index,
-                        )
-                    )
-                )
+                self._emit_agent_transcript(text)
             for message in reply.deferred:
                 self._emit(message)
                 if message.WhichOneof("event") == "end_call":
@@ -738,6 +717,21 @@ class CallSession:
         if state != self.state:
             self.state = state
             self._emit(pb.ConverseResponse(state=pb.AgentStateChange(state=state)))  # type: ignore[arg-type]
+
+    def _emit_agent_transcript(self, text: str, *, interrupted: bool = False) -> None:
+        """What the agent said (or, interrupted, what the caller heard of it) as a final transcript."""
+        self._emit(
+            pb.ConverseResponse(
+                transcript=pb.Transcript(
+                    speaker=pb.SPEAKER_AGENT,
+                    text=text,
+                    is_final=True,
+                    confidence=1.0,
+                    turn_index=self.turn_index,
+                    interrupted=interrupted,
+                )
+            )
+        )
 
     # --- idle and limits ----------------------------------------------------------------------------
 
