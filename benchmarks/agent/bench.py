@@ -8,7 +8,8 @@ one JSON object on stdout (progress on stderr):
   cpu_percent_per_call        agent server CPU (its own accounting) per concurrent call, in % of a core
   calls_per_core              100 / cpu_percent_per_call
   max_sessions_no_underrun    largest concurrent-call level with zero underruns and every call OK
-  rss_growth_mb_per_1000_sessions   server RSS after 1,000 more sessions minus after a 100-session warm-up
+  rss_growth_mb_per_1000_sessions   server RSS growth per 1,000 sessions between the 2nd and 3rd of
+                              three rounds of churn (the 1st round absorbs allocator warm-up)
 """
 
 from __future__ import annotations
@@ -93,10 +94,15 @@ async def main(levels: tuple[int, ...], churn: int) -> dict[str, Any]:
 
         log("warm-up: 100 short sessions")
         await load(target, "--calls", "100", "--concurrency", "50", "--turns", "0")
-        rss_before = proc.memory_info().rss
-        log(f"churn: {churn} short sessions (greeting, hang up), 50 at a time")
-        churned = await load(target, "--calls", str(churn), "--concurrency", "50", "--turns", "0")
-        rss_growth = (proc.memory_info().rss - rss_before) / 2**20 * 1000 / churn
+        # Three rounds of churn: the first absorbs allocator warm-up, the trend is between the others.
+        rss = [proc.memory_info().rss / 2**20]
+        churned_ok = 0
+        for round_ in range(1, 4):
+            log(f"churn round {round_}/3: {churn} short sessions (greeting, hang up), 50 at a time")
+            churned = await load(target, "--calls", str(churn), "--concurrency", "50", "--turns", "0")
+            churned_ok += churned["ok"]
+            rss.append(proc.memory_info().rss / 2**20)
+        rss_growth = (rss[3] - rss[1]) / 2 * 1000 / churn
 
         per_level = []
         for n in levels:
@@ -138,7 +144,8 @@ async def main(levels: tuple[int, ...], churn: int) -> dict[str, Any]:
         "calls_per_core": round(100 / cpu_per_call, 1) if cpu_per_call else None,
         "max_sessions_no_underrun": clean[-1]["sessions"] if clean else 0,
         "rss_growth_mb_per_1000_sessions": round(rss_growth, 2),
-        "churn_sessions_ok": churned["ok"],
+        "churn_sessions_ok": churned_ok,
+        "rss_mb_after_each_churn_round": [round(r, 1) for r in rss],
         "levels": per_level,
         "overhead_p50_across_clean_levels_ms": round(statistics.median(all_overheads), 2)
         if all_overheads
