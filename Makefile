@@ -96,7 +96,7 @@ fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not 
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
 
-bench-agent: setup ## agent service cost per call with fixed-latency providers; prints one JSON object
+bench-agent: services ## agent service cost per call with fixed-latency providers; prints one JSON object
 	@$(PY) -m benchmarks.agent.bench
 
 migrate: services ## apply pending control-plane migrations (forward-only, idempotent)

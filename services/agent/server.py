@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -24,6 +25,7 @@ from services.agent.directory import (
     LayeredDirectory,
     StaticDirectory,
 )
+from services.agent.events import CallEventSink, JetStreamEventSink, NullEventSink
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.session import CallSession
@@ -46,10 +48,12 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
     def __init__(
         self,
         settings: Settings,
+        *,
         directory: AgentDirectory,
         providers: ProviderFactory,
         metrics: AgentMetrics,
         observer: SessionObserver | None = None,
+        events: CallEventSink | None = None,
     ) -> None:
         self._settings = settings.agent_service
         self._directory = directory
@@ -57,6 +61,7 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         self._metrics = metrics
         # Called with each session when it ends (transcript archiving, tests inspecting the history).
         self._observer = observer
+        self._events = events or NullEventSink()
 
     async def Converse(
         self, request_iterator: AsyncIterator[agent_session_pb2.ConverseRequest], context: Context
@@ -96,6 +101,7 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                     metrics=self._metrics,
                     emit=out.put_nowait,
                     output_sample_rate=output_rate,
+                    events=self._events,
                 )
             except SessionError as exc:
                 await context.abort(exc.code, exc.message)
@@ -136,6 +142,7 @@ def build_server(
     *,
     providers: ProviderFactory | None = None,
     observer: SessionObserver | None = None,
+    publish_events: bool = True,
 ) -> GrpcServer:
     providers = providers or ProviderFactory.from_settings(
         settings.agent_service, ProviderSecrets.from_settings(settings)
@@ -147,6 +154,13 @@ def build_server(
     directory = directory or LayeredDirectory(
         StaticDirectory([demo_agent()]), ControlPlaneDirectory(settings)
     )
-    servicer = AgentSessionServicer(settings, directory, providers, metrics, observer)
+    events: CallEventSink = NullEventSink()
+    if publish_events:
+        sink = JetStreamEventSink(settings, f"agent-{settings.instance_id or os.getpid()}", metrics.errors)
+        server.on_stop.append(sink.close)
+        events = sink
+    servicer = AgentSessionServicer(
+        settings, directory=directory, providers=providers, metrics=metrics, observer=observer, events=events
+    )
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
     return server

@@ -195,6 +195,8 @@ class GrpcServer:
         self._serve_metrics_http = serve_metrics_http
         self._server: grpc.aio.Server | None = None
         self._metrics_http: Any = None
+        # Run after the last RPC finished (flush event backlogs, close client connections).
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
         self.port = 0
         self.metrics_port = 0
 
@@ -242,6 +244,11 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         self._server = None
+        for cleanup in self.on_stop:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup after stop failed")
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -4,21 +4,26 @@ policy LLM and espeak-ng on the real Triton server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID, demo_agent
 from services.agent.providers.tts import TritonTextToSpeech
+from services.shared.events import EventBus
 from services.shared.grpc_server import GrpcServer
+from services.shared.settings import Settings
 from services.softphone.caller import CALLER_RATE, CallRecord, CallScript, ScriptedCaller
 from tests.agent.conftest import IDLE_AGENT_ID, FinishedSessions
 from voice.v1 import agent_session_pb2 as pb
-from voice.v1 import agent_session_pb2_grpc, media_pb2
+from voice.v1 import agent_session_pb2_grpc, events_pb2, media_pb2
 
 GREETING = demo_agent().greeting
 HOURS_ANSWER = demo_agent().faq[0].answer
@@ -272,3 +277,32 @@ async def test_garbage_bytes_fail_one_stream_and_not_the_others(
     assert "malformed request" in (err.value.details() or "")
     record = await good
     assert record.status == "OK" and agent_lines(record)[1][0] == HOURS_ANSWER
+
+
+async def test_call_events_reach_jetstream(caller: ScriptedCaller, settings: Settings) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    record = await caller.call(CallScript(lines=["What are your opening hours?"]))
+    bus = await EventBus.connect(settings, name="test-agent-events")
+    try:
+        sub = await bus.js.subscribe(
+            f"voice.{DEMO_TENANT_ID}.>",
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
+        )
+        events: list[events_pb2.Event] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                event = events_pb2.Event.FromString((await sub.next_msg(timeout=3)).data)
+                if event.call_id == record.call_id:
+                    events.append(event)
+        await sub.unsubscribe()
+    finally:
+        await bus.close()
+    kinds = [e.type for e in events]
+    assert kinds[0] == "agent.joined" and "usage.minute" in kinds
+    turns = [
+        (e.transcript_turn.speaker, e.transcript_turn.text) for e in events if e.type == "transcript.turn"
+    ]
+    assert (pb.SPEAKER_AGENT, GREETING) in turns and (pb.SPEAKER_AGENT, HOURS_ANSWER) in turns
+    assert any(speaker == pb.SPEAKER_CALLER and "opening" in text for speaker, text in turns)
+    assert next(e for e in events if e.type == "usage.minute").usage_minute.minute_count == 1

@@ -19,11 +19,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 
+from services.agent.events import CallEventSink, NullEventSink
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.chunker import SentenceChunker
 from services.agent.pipeline.endpointing import Endpointer, SpeechEnded, SpeechStarted, sounds_unfinished
@@ -51,7 +53,7 @@ from services.agent.ports import (
 )
 from services.agent.profile import AgentProfile
 from voice.v1 import agent_session_pb2 as pb
-from voice.v1 import media_pb2
+from voice.v1 import events_pb2, media_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,6 +145,7 @@ class CallSession:
         metrics: AgentMetrics,
         emit: Callable[[pb.ConverseResponse], None],
         output_sample_rate: int,
+        events: CallEventSink | None = None,
     ) -> None:
         self.start = start
         self.profile = profile
@@ -150,6 +153,8 @@ class CallSession:
         self.metrics = metrics
         self._emit = emit
         self.tenant = start.tenant_id
+        self._events = events or NullEventSink()
+        self._minutes_billed = 0
         self.inbound = InboundAudio(start.input_format)
         self.outbound = OutboundAudio(start.output_format, output_sample_rate)
         tt = profile.turn_taking
@@ -188,6 +193,8 @@ class CallSession:
         receiver = asyncio.create_task(self._receive(requests), name="receive")
         ended = asyncio.create_task(self._ended.wait(), name="ended")
         try:
+            self._publish(agent_joined=events_pb2.AgentJoined(agent_id=self.start.agent_id))
+            self._bill_minutes()
             self._set_state(pb.AGENT_STATE_LISTENING)
             greeting = self.profile.agent.greeting
             if self.profile.greeting_enabled and greeting:
@@ -372,6 +379,7 @@ class CallSession:
                     )
                 continue
             if text:
+                self._publish_turn(pb.SPEAKER_CALLER, text, result.confidence)
                 self._pending_text.append(text)
                 self._interrupted = None  # real words: this was a real interruption, not noise
                 self._emit(
@@ -601,10 +609,12 @@ class CallSession:
             if use.name == "transfer_call":
                 results[use.id] = json.dumps({"status": "transferring"})
                 reply.deferred.append(self._transfer_message(use))
+                self._publish_tool_call(use, "ok", {"status": "transferring"}, 0.0)
             elif use.name == "end_call":
                 results[use.id] = json.dumps({"status": "ending call"})
                 reason = str(use.input.get("reason", "agent_hangup")) if use.input else "agent_hangup"
                 reply.deferred.append(pb.ConverseResponse(end_call=pb.EndCall(reason=reason)))
+                self._publish_tool_call(use, "ok", {"status": "ending call"}, 0.0)
             else:
                 webhook_uses.append(use)
         if webhook_uses:
@@ -620,6 +630,7 @@ class CallSession:
                 await filler
                 for use, outcome in zip(webhook_uses, outcomes, strict=True):
                     results[use.id] = json.dumps({"status": outcome.status, **outcome.output})
+                    self._publish_tool_call(use, outcome.status, dict(outcome.output), outcome.latency_s)
         return results
 
     def _transfer_message(self, use: ToolUse) -> pb.ConverseResponse:
@@ -720,6 +731,7 @@ class CallSession:
 
     def _emit_agent_transcript(self, text: str, *, interrupted: bool = False) -> None:
         """What the agent said (or, interrupted, what the caller heard of it) as a final transcript."""
+        self._publish_turn(pb.SPEAKER_AGENT, text, 1.0, interrupted=interrupted)
         self._emit(
             pb.ConverseResponse(
                 transcript=pb.Transcript(
@@ -733,6 +745,42 @@ class CallSession:
             )
         )
 
+    # --- events on the bus ---------------------------------------------------------------------------
+
+    def _publish(self, **payload: Message) -> None:
+        self._events.emit(self.tenant, self.start.call_id, **payload)
+
+    def _publish_turn(self, speaker: int, text: str, confidence: float, *, interrupted: bool = False) -> None:
+        turn = events_pb2.TranscriptTurnEvent(
+            speaker=speaker,  # type: ignore[arg-type]
+            text=text,
+            turn_index=self.turn_index,
+            confidence=confidence,
+            interrupted=interrupted,
+        )
+        turn.timestamp.GetCurrentTime()
+        self._publish(transcript_turn=turn)
+
+    def _publish_tool_call(self, use: ToolUse, status: str, output: dict[str, Any], latency_s: float) -> None:
+        called = events_pb2.ToolCalled(tool_name=use.name, status=status)
+        called.input.update(dict(use.input))
+        called.output.update(output)
+        called.latency.FromNanoseconds(int(latency_s * 1e9))
+        self._publish(tool_called=called)
+
+    def _bill_minutes(self) -> None:
+        """One usage.minute per started minute of the call (the first at call start)."""
+        started = int((time.monotonic() - self._started_at) // 60) + 1
+        while self._minutes_billed < started:
+            self._minutes_billed += 1
+            self._publish(
+                usage_minute=events_pb2.UsageMinute(
+                    minute_count=self._minutes_billed,
+                    direction=self.start.direction,
+                    agent_id=self.start.agent_id,
+                )
+            )
+
     # --- idle and limits ----------------------------------------------------------------------------
 
     async def _watch_idle(self) -> None:
@@ -741,6 +789,7 @@ class CallSession:
         tt = self.profile.turn_taking
         while not self._ended.is_set():
             await asyncio.sleep(0.25)
+            self._bill_minutes()
             now = time.monotonic()
             if now - self._started_at > tt.max_call_s and self._reply is None:
                 self._start_reply(scripted=MAX_DURATION_GOODBYE, end="max_duration")
