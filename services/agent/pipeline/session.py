@@ -49,6 +49,7 @@ from services.agent.ports import (
     ToolOutcome,
     ToolRunner,
     ToolUse,
+    Transcription,
     VoiceActivity,
 )
 from services.agent.profile import AgentProfile
@@ -366,36 +367,27 @@ class CallSession:
             if not result.is_final:
                 self._interim_words = text.lower().split()
                 if text:
-                    self._emit(
-                        pb.ConverseResponse(
-                            transcript=pb.Transcript(
-                                speaker=pb.SPEAKER_CALLER,
-                                text=text,
-                                is_final=False,
-                                confidence=result.confidence,
-                                turn_index=self.turn_index + 1,
-                            )
-                        )
-                    )
+                    self._emit_caller_transcript(result, text)
                 continue
             if text:
                 self._publish_turn(pb.SPEAKER_CALLER, text, result.confidence)
                 self._pending_text.append(text)
                 self._interrupted = None  # real words: this was a real interruption, not noise
-                self._emit(
-                    pb.ConverseResponse(
-                        transcript=pb.Transcript(
-                            speaker=pb.SPEAKER_CALLER,
-                            text=text,
-                            is_final=True,
-                            confidence=result.confidence,
-                            turn_index=self.turn_index + 1,
-                            start_offset=_duration(result.start_s),
-                            end_offset=_duration(result.end_s),
-                        )
-                    )
-                )
+                self._emit_caller_transcript(result, text)
             self._final_arrived.set()
+
+    def _emit_caller_transcript(self, result: Transcription, text: str) -> None:
+        transcript = pb.Transcript(
+            speaker=pb.SPEAKER_CALLER,
+            text=text,
+            is_final=result.is_final,
+            confidence=result.confidence,
+            turn_index=self.turn_index + 1,
+        )
+        if result.is_final:
+            transcript.start_offset.CopyFrom(_duration(result.start_s))
+            transcript.end_offset.CopyFrom(_duration(result.end_s))
+        self._emit(pb.ConverseResponse(transcript=transcript))
 
     async def _finish_turn(self, marks: TurnMarks, *, dtmf: bool = False) -> None:
         """After the caller stops: get the final transcript, wait the grace period, then answer."""
