@@ -74,7 +74,7 @@ async def load(target: str, *extra: str) -> dict[str, Any]:
     return result
 
 
-async def main(levels: tuple[int, ...], churn: int) -> dict[str, Any]:
+async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict[str, Any]:
     port, metrics_port = free_port(), free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -150,6 +150,7 @@ async def main(levels: tuple[int, ...], churn: int) -> dict[str, Any]:
         "overhead_p50_across_clean_levels_ms": round(statistics.median(all_overheads), 2)
         if all_overheads
         else None,
+        "vad": vad,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -162,9 +163,12 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--churn", type=int, default=1000)
+    parser.add_argument(
+        "--vad", choices=["energy", "silero"], default="energy", help="VAD in the agent server"
+    )
     args = parser.parse_args()
     levels = tuple(int(x) for x in args.levels.split(","))
-    print(json.dumps(asyncio.run(main(levels, args.churn))))
+    print(json.dumps(asyncio.run(main(levels, args.churn, args.vad))))
 
 
 if __name__ == "__main__":
