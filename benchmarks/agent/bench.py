@@ -57,13 +57,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def load(target: str, *extra: str) -> dict[str, Any]:
+async def load(target: str, *extra: str, caller: str = "tone") -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "benchmarks.agent.load",
         "--target",
         target,
+        "--caller",
+        caller,
         *extra,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -84,6 +86,8 @@ async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict
         str(port),
         "--metrics-port",
         str(metrics_port),
+        "--vad",
+        vad,
         env={**os.environ, "LOG_LEVEL": "WARNING"},
     )
     target = f"127.0.0.1:{port}"
@@ -109,7 +113,9 @@ async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict
             cpu_before = sum(proc.cpu_times()[:2])
             under_before = metric_sum(metrics_port, "playout_underruns_total")
             started = time.monotonic()
-            result = await load(target, "--calls", str(n), "--turns", "2")
+            # Silero only hears speech: with it, the callers speak with the Triton TTS voice.
+            caller = "tts" if vad == "silero" else "tone"
+            result = await load(target, "--calls", str(n), "--turns", "2", caller=caller)
             wall = time.monotonic() - started
             cpu = sum(proc.cpu_times()[:2]) - cpu_before
             underruns = metric_sum(metrics_port, "playout_underruns_total") - under_before
@@ -164,7 +170,10 @@ def cli() -> None:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--churn", type=int, default=1000)
     parser.add_argument(
-        "--vad", choices=["energy", "silero"], default="energy", help="VAD in the agent server"
+        "--vad",
+        choices=["energy", "silero"],
+        default="energy",
+        help="VAD in the agent server (silero: callers speak with the Triton TTS, `make tts` first)",
     )
     args = parser.parse_args()
     levels = tuple(int(x) for x in args.levels.split(","))

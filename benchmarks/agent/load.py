@@ -16,6 +16,9 @@ import uvloop
 
 from benchmarks.agent.fixed_providers import ToneCaller
 from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
+from services.agent.ports import TextToSpeech
+from services.agent.providers.tts import TritonTextToSpeech
+from services.shared.settings import load_settings
 from services.softphone.caller import CallRecord, CallScript, ScriptedCaller
 
 
@@ -28,7 +31,11 @@ def overhead_ms(record: CallRecord) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    caller = ScriptedCaller(args.target, ToneCaller(), tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID)
+    # A tone is speech to the energy VAD; Silero is a speech model and needs a voice (the Triton TTS).
+    voice: TextToSpeech = ToneCaller()
+    if args.caller == "tts":
+        voice = TritonTextToSpeech(load_settings().agent_service.tts)
+    caller = ScriptedCaller(args.target, voice, tenant_id=DEMO_TENANT_ID, agent_id=DEMO_AGENT_ID)
     lines = ["What are your opening hours?" for _ in range(args.turns)]
     limit = asyncio.Semaphore(args.concurrency or args.calls)
     rng = random.Random(7)
@@ -61,6 +68,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=0, help="0 = all calls at once")
     parser.add_argument("--stagger", type=float, default=2.0)
+    parser.add_argument("--caller", choices=["tone", "tts"], default="tone", help="the caller's voice")
     print(json.dumps(uvloop.run(run(parser.parse_args()))), flush=True)
 
 
