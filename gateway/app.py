@@ -44,6 +44,7 @@ from gateway.transcode import (
 from services.control.auth import RESERVED_PREFIX, InternalAuth, Principal, internal_auth, resolve_secret
 from services.control.state import blocking_redis
 from services.shared.dependency_health import check_all
+from services.shared.grpc_channels import open_channel
 from services.shared.logging import log_context
 from services.shared.settings import Settings, load_settings
 from voice.v1 import system_pb2, system_pb2_grpc
@@ -127,7 +128,7 @@ class Gateway:
         return self.cfg.control_target or f"{c.host}:{c.grpc_port}"
 
     async def startup(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.control_target, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(self.settings, self.control_target, options=CHANNEL_OPTIONS)
         self._pool = await asyncpg.create_pool(
             self.settings.database_url, min_size=1, max_size=self.cfg.database_pool_size, command_timeout=10
         )

@@ -15,6 +15,7 @@ from collections import OrderedDict
 import grpc
 
 from services.control.auth import InternalAuth, Permission, Principal, internal_auth
+from services.shared.grpc_channels import open_channel
 from services.shared.settings import Settings
 from voice.v1 import agents_pb2, agents_pb2_grpc
 
@@ -48,7 +49,7 @@ class AgentConfigClient:
     @classmethod
     def connect(cls, settings: Settings, **kwargs: float) -> AgentConfigClient:
         c = settings.control
-        channel = grpc.aio.insecure_channel(f"{c.host}:{c.grpc_port}")
+        channel = open_channel(settings, f"{c.host}:{c.grpc_port}")
         client = cls(channel, internal_auth(settings), **kwargs)  # type: ignore[arg-type]
         client._channel = channel
         return client

@@ -1,0 +1,30 @@
+"""The one way a process of the platform opens a gRPC channel to another of its services.
+
+Every internal client (the gateway to the control plane, the agent to the control plane, the bridge to
+the agent, the worker, tools) goes through `open_channel`, so how services prove who they are to each
+other (transport security, service identity) is decided in this module and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from services.shared.settings import Settings
+
+# Keep-alives so a dead peer is noticed within seconds; the server side permits pings this often.
+DEFAULT_CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+def open_channel(
+    settings: Settings, target: str, *, options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS
+) -> grpc.aio.Channel:
+    """An asyncio channel from this process to the platform service at `target` ("host:port")."""
+    del settings  # the service identity (mTLS) settings are read here once they exist
+    return grpc.aio.insecure_channel(target, options=list(options))
