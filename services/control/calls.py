@@ -29,6 +29,7 @@ from services.control.common import (
 )
 from services.control.errors import ApiError, failed_precondition, invalid, not_found
 from services.control.state import ControlState
+from services.shared.call_slots import CallSlots
 from services.shared.events import new_event
 from services.shared.grpc_server import Context
 from voice.v1 import agent_session_pb2, calls_pb2, calls_pb2_grpc, common_pb2, events_pb2
@@ -55,17 +56,7 @@ _SPEAKER = {
 ACTIVE = ("initiating", "ringing", "connected", "on_hold", "transferring")
 _TRANSFER_TARGET = re.compile(r"^(\+[1-9][0-9]{6,14}|ext:[0-9]{1,10})$")
 
-# Admits a call into the tenant's active-call set (spec 9.3) only while the set is below the limit;
-# atomic, so concurrent CreateCall requests cannot overshoot.
-_ADMIT = """
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('SADD', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-def active_calls_key(tenant_id: str) -> str:
-    return f"tenant:{tenant_id}:active_calls"
+CALL_STATE_TTL_SECONDS = 7200
 
 
 def call_state_key(call_id: str) -> str:
@@ -209,8 +200,9 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             raise failed_precondition("INSUFFICIENT_CREDITS", "the tenant has no call minutes left")
 
         call_id = uuid.uuid4()
-        key = active_calls_key(p.tenant_id)
-        admitted = await self._s.redis.eval(_ADMIT, 1, key, str(call_id), tenant["max_concurrent_calls"])
+        # The slot is held from here until the bridge ends the call (it refreshes it while live).
+        slots = CallSlots(self._s.redis)
+        admitted = await slots.admit(p.tenant_id, str(call_id), tenant["max_concurrent_calls"])
         if not admitted:
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -238,13 +230,13 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             )
         except asyncpg.UniqueViolationError:
             # The same request_id raced us: answer with the call that won.
-            await self._s.redis.srem(key, str(call_id))
+            await slots.release(str(call_id))
             existing = await self._existing(tenant_id, request.request_id)
             if existing is None:
                 raise
             return calls_pb2.CreateCallResponse(call=to_proto(existing))
         except BaseException:
-            await self._s.redis.srem(key, str(call_id))
+            await slots.release(str(call_id))
             raise
         assert row is not None
         await self._s.redis.hset(
@@ -257,6 +249,8 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
                 "created_at": row["created_at"].isoformat(),
             },
         )
+        # Kept by the bridge while the call lives; this bounds a call that never reaches it.
+        await self._s.redis.expire(call_state_key(str(call_id)), CALL_STATE_TTL_SECONDS)
         return calls_pb2.CreateCallResponse(call=to_proto(row))
 
     async def _caller_id(self, conn: Conn, tenant_id: uuid.UUID, agent_id: uuid.UUID, requested: str) -> str:
@@ -357,7 +351,7 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
         )
         if row is None:
             raise failed_precondition("CALL_ENDED", "the call has already ended")
-        await self._s.redis.srem(active_calls_key(p.tenant_id), str(row["id"]))
+        await CallSlots(self._s.redis).release(str(row["id"]))
         await self._s.redis.hset(call_state_key(str(row["id"])), "status", "completed")
         await self._s.redis.expire(call_state_key(str(row["id"])), 3600)
         ended = events_pb2.CallEnded(
