@@ -208,8 +208,27 @@ class ControlSettings(ServerSettings):
 
 class RetrySettings(BaseModel):
     max_retries: int = Field(5, ge=0)
-    backoff_base: int = Field(60, ge=1, description="seconds")
-    backoff_max: int = Field(3600, ge=1, description="seconds")
+    # Seconds (fractions allowed, so tests can retry within milliseconds).
+    backoff_base: float = Field(60, gt=0, description="seconds")
+    backoff_max: float = Field(3600, gt=0, description="seconds")
+
+
+class EventBusSettings(BaseModel):
+    """The event stream on NATS JetStream and every publisher's local spool (services/shared/events*)."""
+
+    replicas: int = Field(1, ge=1, le=5)
+    max_age_days: float = Field(7.0, gt=0)
+    duplicate_window_seconds: float = Field(120.0, gt=0)
+    # How long one publish waits for JetStream's ack, and attempts before an event goes to the spool.
+    publish_timeout_seconds: float = Field(2.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    # Events in flight at once when publishing a backlog (pipelined acks).
+    pipeline_window: int = Field(512, ge=1)
+    # Where a publisher keeps events while NATS is unreachable (replayed in order on reconnect).
+    spool_dir: str = ".var/spool/events"
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=4096)
+    # Larger events are refused before publishing (dead-lettered locally); NATS' own limit is 1 MB.
+    max_event_bytes: int = Field(256 * 1024, ge=1024)
 
 
 class WorkerSettings(ServerSettings):
@@ -218,6 +237,20 @@ class WorkerSettings(ServerSettings):
     concurrency: int = Field(4, ge=1)
     retry: RetrySettings = RetrySettings()
     timezone: str = "UTC"
+    # Handlers running at once per queue (spec 3.4.5): default (records, transcripts, usage), webhooks.
+    default_concurrency: int = Field(2, ge=1)
+    webhooks_concurrency: int = Field(4, ge=1)
+    reports_concurrency: int = Field(1, ge=1)
+    # Deliveries per minute per webhook endpoint, and how long one delivery may take.
+    webhook_rate_per_minute: int = Field(100, ge=1)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    # Consecutive failures that open an endpoint's circuit, and how long it stays open.
+    webhook_breaker_failures: int = Field(5, ge=1)
+    webhook_breaker_open_seconds: float = Field(60.0, gt=0)
+    # A handler that neither acks nor reports progress within this gets the event redelivered.
+    ack_wait_seconds: float = Field(30.0, gt=0)
+    # Deliveries of one event before it is dead-lettered as poison.
+    max_deliver: int = Field(5, ge=1)
 
 
 class ChatterboxServiceSettings(BaseModel):
@@ -273,6 +306,7 @@ class Settings(BaseSettings):
     redis_pool_size: int = Field(10, ge=1)
     nats_url: str = "nats://127.0.0.1:14222"
     nats_stream: str = "VOICE_EVENTS"
+    events: EventBusSettings = EventBusSettings()
 
     # External services: secrets from the environment only, no defaults.
     gotoconnect_client_id: SecretStr | None = None
