@@ -1,8 +1,20 @@
-"""The event bus: platform events as `voice.v1.Event` protobufs on NATS JetStream.
+"""The event bus: platform events as `voice.v1.Event` protobufs on one NATS JetStream stream.
 
-Subjects are `voice.<tenant_id>.<event type>` (e.g. `voice.t_1.call.ended`), all captured by one
-stream. Each event's `event_id` is sent as the `Nats-Msg-Id` header, so JetStream drops a duplicate
-published inside the stream's duplicate window (a retry after a lost ack never doubles an event).
+Subjects are a namespace, `voice.<tenant_id>.<call_id>.<event type>` (e.g.
+`voice.t_1.c_9.call.ended`), all captured by one stream (file storage). Each event's `event_id` is sent
+as the `Nats-Msg-Id` header, so JetStream drops a duplicate published inside the stream's duplicate
+window (a retry after a lost ack never doubles an event); consumers are idempotent on `event_id` too.
+
+Publishing from a service (never blocks the caller, acked, spooled to disk while NATS is away)::
+
+    from services.shared.events_publisher import EventPublisher
+
+    publisher = EventPublisher(settings, source="bridge-1", registry=server.registry)
+    server.on_stop.append(publisher.close)           # flushes, or spools what is left
+    publisher.emit(tenant_id, call_id, call_ringing=events_pb2.CallRinging(...))
+
+Consuming (explicit ack, nak with backoff, term into the dead-letter stream): see
+`services.shared.events_consumer.subscribe`.
 """
 
 from __future__ import annotations
@@ -14,43 +26,80 @@ from datetime import UTC, datetime
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, StreamConfig
+from nats.js.api import PubAck, StorageType, StreamConfig
 
+from services.shared.logging import current_trace_id
 from services.shared.settings import Settings
 from voice.v1 import events_pb2
 
 SUBJECT_PREFIX = "voice"
+# Poison messages a consumer gave up on: `voice_dlq.<durable>.<tenant>.<call>.<type>`.
+DEAD_LETTER_PREFIX = "voice_dlq"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+# Call ids travel in subjects, headers and every row about the call: bounded and subject-safe.
+MAX_ID_LENGTH = 128
 DUPLICATE_WINDOW_SECONDS = 120.0
+# Derives the event id of once-per-call events (call.ended) from the call, see call_event_id().
+_CALL_EVENT_NAMESPACE = uuid.UUID("6f1d3c52-8f3e-4b0a-9d7e-2f6c1a4b5e70")
 
 
-def subject_for(tenant_id: str, event_type: str) -> str:
-    """`voice.<tenant>.<type>`; rejects ids that would break the subject hierarchy."""
-    if not _TOKEN.match(tenant_id):
-        raise ValueError(f"tenant_id {tenant_id!r} is not a valid subject token ([A-Za-z0-9_-]+)")
+def check_id(value: str, what: str) -> str:
+    """A tenant or call id usable as a subject token: 1-128 of [A-Za-z0-9_-]. Raises ValueError."""
+    if not value or len(value) > MAX_ID_LENGTH or not _TOKEN.match(value):
+        raise ValueError(f"{what} must be 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9_-]")
+    return value
+
+
+def subject_for(tenant_id: str, call_id: str, event_type: str) -> str:
+    """`voice.<tenant>.<call>.<type>`; rejects ids that would break the subject hierarchy."""
+    check_id(tenant_id, "tenant_id")
+    check_id(call_id, "call_id")
     if not all(_TOKEN.match(part) for part in event_type.split(".")):
         raise ValueError(f"event type {event_type!r} is not a dotted name")
-    return f"{SUBJECT_PREFIX}.{tenant_id}.{event_type}"
+    return f"{SUBJECT_PREFIX}.{tenant_id}.{call_id}.{event_type}"
 
 
-def new_event(tenant_id: str, call_id: str, source: str, **payload: object) -> events_pb2.Event:
-    """Builds an Event with a fresh id and time. `payload` is exactly one oneof case, e.g.
-    `call_ended=events_pb2.CallEnded(...)`; the type name follows from the case (call.ended)."""
+def type_filter(event_type: str) -> str:
+    """The subject filter of one event type across tenants and calls (`voice.*.*.call.ended`)."""
+    return f"{SUBJECT_PREFIX}.*.*.{event_type}"
+
+
+def call_event_id(tenant_id: str, call_id: str, event_type: str) -> str:
+    """A stable event id for events that happen once per call, so that several publishers (bridge and
+    agent both report call.ended) produce one stored, delivered event."""
+    return str(uuid.uuid5(_CALL_EVENT_NAMESPACE, f"{tenant_id}/{call_id}/{event_type}"))
+
+
+def new_event(
+    tenant_id: str, call_id: str, source: str, *, event_id: str = "", trace_id: str = "", **payload: object
+) -> events_pb2.Event:
+    """Builds an Event with a fresh id (unless given) and the current time. `payload` is exactly one oneof
+    case, e.g. `call_ended=events_pb2.CallEnded(...)`; the type name follows from the case (call.ended).
+    The trace id defaults to the one bound to the current log context."""
     if len(payload) != 1:
         raise ValueError("exactly one payload is required")
     ((case, message),) = payload.items()
-    event = events_pb2.Event(event_id=str(uuid.uuid4()), tenant_id=tenant_id, call_id=call_id, source=source)
+    if case not in EVENT_TYPES:
+        raise ValueError(f"unknown event payload {case!r}")
+    event = events_pb2.Event(
+        event_id=event_id or str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        call_id=call_id,
+        source=source,
+        trace_id=trace_id or current_trace_id() or "",
+    )
     event.time.FromDatetime(datetime.now(UTC))
     getattr(event, case).CopyFrom(message)
     event.type = EVENT_TYPES[case]
     return event
 
 
-# oneof case -> catalog name (spec 5.3). transcript_turn's message is TranscriptTurnEvent.
+# oneof case -> catalog name (spec 5.3, plus call.failed). transcript_turn's message is TranscriptTurnEvent.
 EVENT_TYPES: dict[str, str] = {
     "call_ringing": "call.ringing",
     "call_connected": "call.connected",
     "call_ended": "call.ended",
+    "call_failed": "call.failed",
     "call_transfer_requested": "call.transfer_requested",
     "call_transferred": "call.transferred",
     "room_ready": "room.ready",
@@ -61,8 +110,45 @@ EVENT_TYPES: dict[str, str] = {
 }
 
 
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The events stream and its dead-letter stream (poison messages, kept for inspection)."""
+    ev = settings.events
+    return [
+        StreamConfig(
+            name=settings.nats_stream,
+            subjects=[f"{SUBJECT_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=ev.replicas,
+            duplicate_window=ev.duplicate_window_seconds,
+            max_age=ev.max_age_days * 24 * 3600.0,
+        ),
+        StreamConfig(
+            name=f"{settings.nats_stream}_DLQ",
+            subjects=[f"{DEAD_LETTER_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=ev.replicas,
+            max_age=30 * 24 * 3600.0,
+        ),
+    ]
+
+
+async def connect_nats(settings: Settings, name: str, **options: object) -> NatsClient:
+    """A NATS connection that reconnects forever (publishers and consumers outlive NATS restarts)."""
+    defaults: dict[str, object] = {
+        "name": name,
+        "connect_timeout": 2,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+    }
+    defaults.update(options)
+    return await nats.connect(settings.nats_url, **defaults)
+
+
 class EventBus:
-    """Publishes and stores events on JetStream. Create with `EventBus.connect(settings)`."""
+    """A JetStream connection with the platform's streams. Create with `EventBus.connect(settings)`.
+
+    `publish` waits for the stream's ack; services publish through `EventPublisher`, which adds
+    pipelining, retries, the disk spool and dead-lettering on top of this."""
 
     def __init__(self, nc: NatsClient, js: JetStreamContext, stream: str) -> None:
         self.nc = nc
@@ -70,35 +156,44 @@ class EventBus:
         self.stream = stream
 
     @classmethod
-    async def connect(cls, settings: Settings, *, name: str = "voice") -> EventBus:
-        nc = await nats.connect(settings.nats_url, name=name, connect_timeout=5, max_reconnect_attempts=-1)
-        js = nc.jetstream()
-        bus = cls(nc, js, settings.nats_stream)
-        await bus.ensure_stream()
+    async def connect(cls, settings: Settings, *, name: str = "voice", **options: object) -> EventBus:
+        nc = await connect_nats(settings, name, **options)
+        try:
+            bus = cls(nc, nc.jetstream(timeout=settings.events.publish_timeout_seconds), settings.nats_stream)
+            await bus.ensure_streams(settings)
+        except BaseException:
+            await nc.close()
+            raise
         return bus
 
-    async def ensure_stream(self) -> None:
-        """Creates the events stream if missing (idempotent; keeps an existing stream's settings)."""
-        config = StreamConfig(
-            name=self.stream,
-            subjects=[f"{SUBJECT_PREFIX}.>"],
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            max_age=7 * 24 * 3600.0,
-        )
-        try:
-            await self.js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            await self.js.add_stream(config)
+    async def ensure_streams(self, settings: Settings) -> None:
+        """Creates the streams if missing (idempotent; keeps an existing stream's settings)."""
+        for config in stream_configs(settings):
+            assert config.name is not None
+            try:
+                await self.js.stream_info(config.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                except nats.js.errors.BadRequestError:
+                    # Created meanwhile by another process (err 10058 "stream name already in use").
+                    await self.js.stream_info(config.name)
 
-    async def publish(self, event: events_pb2.Event) -> PubAck:
+    async def publish(self, event: events_pb2.Event, *, ack_timeout_s: float | None = None) -> PubAck:
         """Publishes and waits for JetStream's ack: once this returns, the event is stored."""
         if not event.event_id or not event.type:
             raise ValueError("event_id and type are required")
         return await self.js.publish(
-            subject_for(event.tenant_id, event.type),
+            subject_for(event.tenant_id, event.call_id, event.type),
             event.SerializeToString(),
+            timeout=ack_timeout_s,
             headers={"Nats-Msg-Id": event.event_id},
         )
 
     async def close(self) -> None:
-        await self.nc.drain()
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception:
+            await self.nc.close()

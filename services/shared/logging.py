@@ -35,6 +35,11 @@ def new_span_id() -> str:
     return secrets.token_hex(8)
 
 
+def current_trace_id() -> str | None:
+    """The trace id bound by the innermost log_context (events carry it), or None outside one."""
+    return _trace_id.get()
+
+
 @contextlib.contextmanager
 def log_context(
     *,

@@ -64,7 +64,7 @@ async def test_jetstream_publish_store_and_replay(settings: Settings) -> None:
         msg = await sub.next_msg(timeout=5)
         stored = events_pb2.Event.FromString(msg.data)
         assert stored == event
-        assert msg.subject == f"voice.{tenant}.call.ended"
+        assert msg.subject == f"voice.{tenant}.call_1.call.ended"
         with pytest.raises(TimeoutError):
             await sub.next_msg(timeout=0.3)
         await sub.unsubscribe()

@@ -11,8 +11,9 @@ def test_every_catalog_event_has_a_payload_case() -> None:
     assert cases == set(EVENT_TYPES)
     assert sorted(EVENT_TYPES.values()) == sorted(
         [
-            "call.ringing", "call.connected", "call.ended", "call.transfer_requested", "call.transferred",
-            "room.ready", "agent.joined", "transcript.turn", "tool.called", "usage.minute",
+            "call.ringing", "call.connected", "call.ended", "call.failed", "call.transfer_requested",
+            "call.transferred", "room.ready", "agent.joined", "transcript.turn", "tool.called",
+            "usage.minute",
         ]
     )  # fmt: skip
 
@@ -29,11 +30,11 @@ def test_new_event_requires_exactly_one_payload() -> None:
         new_event("t_1", "c_1", "test")
 
 
-def test_subjects_are_namespaced_by_tenant() -> None:
-    assert subject_for("t_1", "call.ended") == "voice.t_1.call.ended"
+def test_subjects_are_namespaced_by_tenant_and_call() -> None:
+    assert subject_for("t_1", "c_1", "call.ended") == "voice.t_1.c_1.call.ended"
 
 
 @pytest.mark.parametrize("tenant", ["", "a.b", "a*", "a>", "a b"])
 def test_subject_rejects_tokens_that_would_escape_the_namespace(tenant: str) -> None:
     with pytest.raises(ValueError, match="tenant_id"):
-        subject_for(tenant, "call.ended")
+        subject_for(tenant, "c_1", "call.ended")

@@ -29,7 +29,7 @@ from voice.v1 import agent_session_pb2 as voice_dot_v1_dot_agent__session__pb2
 from voice.v1 import common_pb2 as voice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15voice/v1/events.proto\x12\x08voice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvoice/v1/agent_session.proto\x1a\x15voice/v1/common.proto\"\x9a\x05\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12-\n\x0c\x63\x61ll_ringing\x18\n \x01(\x0b\x32\x15.voice.v1.CallRingingH\x00\x12\x31\n\x0e\x63\x61ll_connected\x18\x0b \x01(\x0b\x32\x17.voice.v1.CallConnectedH\x00\x12)\n\ncall_ended\x18\x0c \x01(\x0b\x32\x13.voice.v1.CallEndedH\x00\x12\x42\n\x17\x63\x61ll_transfer_requested\x18\r \x01(\x0b\x32\x1f.voice.v1.CallTransferRequestedH\x00\x12\x35\n\x10\x63\x61ll_transferred\x18\x0e \x01(\x0b\x32\x19.voice.v1.CallTransferredH\x00\x12)\n\nroom_ready\x18\x0f \x01(\x0b\x32\x13.voice.v1.RoomReadyH\x00\x12-\n\x0c\x61gent_joined\x18\x10 \x01(\x0b\x32\x15.voice.v1.AgentJoinedH\x00\x12\x38\n\x0ftranscript_turn\x18\x11 \x01(\x0b\x32\x1d.voice.v1.TranscriptTurnEventH\x00\x12+\n\x0btool_called\x18\x12 \x01(\x0b\x32\x14.voice.v1.ToolCalledH\x00\x12-\n\x0cusage_minute\x18\x13 \x01(\x0b\x32\x15.voice.v1.UsageMinuteH\x00\x42\t\n\x07payload\"s\n\x0b\x43\x61llRinging\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"@\n\rCallConnected\x12/\n\x0b\x61nswer_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"x\n\tCallEnded\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nend_reason\x18\x02 \x01(\t\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x17.voice.v1.CallDirection\"n\n\x15\x43\x61llTransferRequested\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.voice.v1.TransferType\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"O\n\x0f\x43\x61llTransferred\x12\x16\n\x0etransferred_to\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.voice.v1.TransferType\"\xaa\x01\n\tRoomReady\x12\x11\n\troom_name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x15\n\rcaller_number\x18\x03 \x01(\t\x12\x31\n\x07\x63ontext\x18\x04 \x03(\x0b\x32 .voice.v1.RoomReady.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0b\x41gentJoined\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\xb3\x01\n\x13TranscriptTurnEvent\x12\"\n\x07speaker\x18\x01 \x01(\x0e\x32\x11.voice.v1.Speaker\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_index\x18\x04 \x01(\r\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12\x13\n\x0binterrupted\x18\x06 \x01(\x08\"\xac\x01\n\nToolCalled\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x04 \x01(\t\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x0bUsageMinute\x12\x14\n\x0cminute_count\x18\x01 \x01(\r\x12*\n\tdirection\x18\x02 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15voice/v1/events.proto\x12\x08voice.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvoice/v1/agent_session.proto\x1a\x15voice/v1/common.proto\"\xc7\x05\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12-\n\x0c\x63\x61ll_ringing\x18\n \x01(\x0b\x32\x15.voice.v1.CallRingingH\x00\x12\x31\n\x0e\x63\x61ll_connected\x18\x0b \x01(\x0b\x32\x17.voice.v1.CallConnectedH\x00\x12)\n\ncall_ended\x18\x0c \x01(\x0b\x32\x13.voice.v1.CallEndedH\x00\x12\x42\n\x17\x63\x61ll_transfer_requested\x18\r \x01(\x0b\x32\x1f.voice.v1.CallTransferRequestedH\x00\x12\x35\n\x10\x63\x61ll_transferred\x18\x0e \x01(\x0b\x32\x19.voice.v1.CallTransferredH\x00\x12)\n\nroom_ready\x18\x0f \x01(\x0b\x32\x13.voice.v1.RoomReadyH\x00\x12-\n\x0c\x61gent_joined\x18\x10 \x01(\x0b\x32\x15.voice.v1.AgentJoinedH\x00\x12\x38\n\x0ftranscript_turn\x18\x11 \x01(\x0b\x32\x1d.voice.v1.TranscriptTurnEventH\x00\x12+\n\x0btool_called\x18\x12 \x01(\x0b\x32\x14.voice.v1.ToolCalledH\x00\x12-\n\x0cusage_minute\x18\x13 \x01(\x0b\x32\x15.voice.v1.UsageMinuteH\x00\x12+\n\x0b\x63\x61ll_failed\x18\x14 \x01(\x0b\x32\x14.voice.v1.CallFailedH\x00\x42\t\n\x07payload\"s\n\x0b\x43\x61llRinging\x12\x13\n\x0b\x66rom_number\x18\x01 \x01(\t\x12\x11\n\tto_number\x18\x02 \x01(\t\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"@\n\rCallConnected\x12/\n\x0b\x61nswer_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\tCallEnded\x12+\n\x08\x64uration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nend_reason\x18\x02 \x01(\t\x12*\n\tdirection\x18\x03 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x13\n\x0b\x66rom_number\x18\x05 \x01(\t\x12\x11\n\tto_number\x18\x06 \x01(\t\"\x82\x01\n\nCallFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12*\n\tdirection\x18\x02 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66rom_number\x18\x04 \x01(\t\x12\x11\n\tto_number\x18\x05 \x01(\t\"n\n\x15\x43\x61llTransferRequested\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.voice.v1.TransferType\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"O\n\x0f\x43\x61llTransferred\x12\x16\n\x0etransferred_to\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.voice.v1.TransferType\"\xaa\x01\n\tRoomReady\x12\x11\n\troom_name\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x15\n\rcaller_number\x18\x03 \x01(\t\x12\x31\n\x07\x63ontext\x18\x04 \x03(\x0b\x32 .voice.v1.RoomReady.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x0b\x41gentJoined\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12*\n\tdirection\x18\x02 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x13\n\x0b\x66rom_number\x18\x03 \x01(\t\x12\x11\n\tto_number\x18\x04 \x01(\t\"\xb3\x01\n\x13TranscriptTurnEvent\x12\"\n\x07speaker\x18\x01 \x01(\x0e\x32\x11.voice.v1.Speaker\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nturn_index\x18\x04 \x01(\r\x12\x12\n\nconfidence\x18\x05 \x01(\x02\x12\x13\n\x0binterrupted\x18\x06 \x01(\x08\"\xac\x01\n\nToolCalled\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x04 \x01(\t\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"a\n\x0bUsageMinute\x12\x14\n\x0cminute_count\x18\x01 \x01(\r\x12*\n\tdirection\x18\x02 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROOMREADY_CONTEXTENTRY']._loaded_options = None
   _globals['_ROOMREADY_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_EVENT']._serialized_start=184
-  _globals['_EVENT']._serialized_end=850
-  _globals['_CALLRINGING']._serialized_start=852
-  _globals['_CALLRINGING']._serialized_end=967
-  _globals['_CALLCONNECTED']._serialized_start=969
-  _globals['_CALLCONNECTED']._serialized_end=1033
-  _globals['_CALLENDED']._serialized_start=1035
-  _globals['_CALLENDED']._serialized_end=1155
-  _globals['_CALLTRANSFERREQUESTED']._serialized_start=1157
-  _globals['_CALLTRANSFERREQUESTED']._serialized_end=1267
-  _globals['_CALLTRANSFERRED']._serialized_start=1269
-  _globals['_CALLTRANSFERRED']._serialized_end=1348
-  _globals['_ROOMREADY']._serialized_start=1351
-  _globals['_ROOMREADY']._serialized_end=1521
-  _globals['_ROOMREADY_CONTEXTENTRY']._serialized_start=1475
-  _globals['_ROOMREADY_CONTEXTENTRY']._serialized_end=1521
-  _globals['_AGENTJOINED']._serialized_start=1523
-  _globals['_AGENTJOINED']._serialized_end=1554
-  _globals['_TRANSCRIPTTURNEVENT']._serialized_start=1557
-  _globals['_TRANSCRIPTTURNEVENT']._serialized_end=1736
-  _globals['_TOOLCALLED']._serialized_start=1739
-  _globals['_TOOLCALLED']._serialized_end=1911
-  _globals['_USAGEMINUTE']._serialized_start=1913
-  _globals['_USAGEMINUTE']._serialized_end=2010
+  _globals['_EVENT']._serialized_end=895
+  _globals['_CALLRINGING']._serialized_start=897
+  _globals['_CALLRINGING']._serialized_end=1012
+  _globals['_CALLCONNECTED']._serialized_start=1014
+  _globals['_CALLCONNECTED']._serialized_end=1078
+  _globals['_CALLENDED']._serialized_start=1081
+  _globals['_CALLENDED']._serialized_end=1259
+  _globals['_CALLFAILED']._serialized_start=1262
+  _globals['_CALLFAILED']._serialized_end=1392
+  _globals['_CALLTRANSFERREQUESTED']._serialized_start=1394
+  _globals['_CALLTRANSFERREQUESTED']._serialized_end=1504
+  _globals['_CALLTRANSFERRED']._serialized_start=1506
+  _globals['_CALLTRANSFERRED']._serialized_end=1585
+  _globals['_ROOMREADY']._serialized_start=1588
+  _globals['_ROOMREADY']._serialized_end=1758
+  _globals['_ROOMREADY_CONTEXTENTRY']._serialized_start=1712
+  _globals['_ROOMREADY_CONTEXTENTRY']._serialized_end=1758
+  _globals['_AGENTJOINED']._serialized_start=1760
+  _globals['_AGENTJOINED']._serialized_end=1875
+  _globals['_TRANSCRIPTTURNEVENT']._serialized_start=1878
+  _globals['_TRANSCRIPTTURNEVENT']._serialized_end=2057
+  _globals['_TOOLCALLED']._serialized_start=2060
+  _globals['_TOOLCALLED']._serialized_end=2232
+  _globals['_USAGEMINUTE']._serialized_start=2234
+  _globals['_USAGEMINUTE']._serialized_end=2331
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Event(_message.Message):
     """Every state change of the platform, published on NATS JetStream as subject
-    `voice.<tenant_id>.<type>` (e.g. voice.t_123.call.ended) with `event_id` as the Nats-Msg-Id
-    header, so a republished event is deduplicated. Consumers must be idempotent on `event_id`.
+    `voice.<tenant_id>.<call_id>.<type>` (e.g. voice.t_123.c_9.call.ended) with `event_id` as the
+    Nats-Msg-Id header, so a republished event is deduplicated. Consumers must be idempotent on
+    `event_id`. Events that can open a call's record (call.ringing, agent.joined, call.failed,
+    call.ended) carry the agent, direction and numbers where known.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -49,6 +51,7 @@ class Event(_message.Message):
     TRANSCRIPT_TURN_FIELD_NUMBER: _builtins.int
     TOOL_CALLED_FIELD_NUMBER: _builtins.int
     USAGE_MINUTE_FIELD_NUMBER: _builtins.int
+    CALL_FAILED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event (UUID); also the JetStream deduplication id."""
     type: _builtins.str
@@ -80,6 +83,8 @@ class Event(_message.Message):
     def tool_called(self) -> Global___ToolCalled: ...
     @_builtins.property
     def usage_minute(self) -> Global___UsageMinute: ...
+    @_builtins.property
+    def call_failed(self) -> Global___CallFailed: ...
     def __init__(
         self,
         *,
@@ -100,12 +105,13 @@ class Event(_message.Message):
         transcript_turn: Global___TranscriptTurnEvent | None = ...,
         tool_called: Global___ToolCalled | None = ...,
         usage_minute: Global___UsageMinute | None = ...,
+        call_failed: Global___CallFailed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_joined", b"agent_joined", "call_connected", b"call_connected", "call_ended", b"call_ended", "call_ringing", b"call_ringing", "call_transfer_requested", b"call_transfer_requested", "call_transferred", b"call_transferred", "payload", b"payload", "room_ready", b"room_ready", "time", b"time", "tool_called", b"tool_called", "transcript_turn", b"transcript_turn", "usage_minute", b"usage_minute"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_joined", b"agent_joined", "call_connected", b"call_connected", "call_ended", b"call_ended", "call_failed", b"call_failed", "call_ringing", b"call_ringing", "call_transfer_requested", b"call_transfer_requested", "call_transferred", b"call_transferred", "payload", b"payload", "room_ready", b"room_ready", "time", b"time", "tool_called", b"tool_called", "transcript_turn", b"transcript_turn", "usage_minute", b"usage_minute"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_joined", b"agent_joined", "call_connected", b"call_connected", "call_ended", b"call_ended", "call_id", b"call_id", "call_ringing", b"call_ringing", "call_transfer_requested", b"call_transfer_requested", "call_transferred", b"call_transferred", "event_id", b"event_id", "payload", b"payload", "room_ready", b"room_ready", "source", b"source", "tenant_id", b"tenant_id", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "transcript_turn", b"transcript_turn", "type", b"type", "usage_minute", b"usage_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_joined", b"agent_joined", "call_connected", b"call_connected", "call_ended", b"call_ended", "call_failed", b"call_failed", "call_id", b"call_id", "call_ringing", b"call_ringing", "call_transfer_requested", b"call_transfer_requested", "call_transferred", b"call_transferred", "event_id", b"event_id", "payload", b"payload", "room_ready", b"room_ready", "source", b"source", "tenant_id", b"tenant_id", "time", b"time", "tool_called", b"tool_called", "trace_id", b"trace_id", "transcript_turn", b"transcript_turn", "type", b"type", "usage_minute", b"usage_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["call_ringing", "call_connected", "call_ended", "call_transfer_requested", "call_transferred", "room_ready", "agent_joined", "transcript_turn", "tool_called", "usage_minute"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["call_ringing", "call_connected", "call_ended", "call_transfer_requested", "call_transferred", "room_ready", "agent_joined", "transcript_turn", "tool_called", "usage_minute", "call_failed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -165,16 +171,25 @@ Global___CallConnected: _TypeAlias = CallConnected  # noqa: Y015
 
 @_typing.final
 class CallEnded(_message.Message):
-    """call.ended (bridge)."""
+    """call.ended (bridge; also the agent when its Converse stream ends). Its event id is derived from the
+    tenant and call id (services.shared.events.call_event_id), so however many publishers report the
+    end of a call, it is stored and delivered once.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DURATION_FIELD_NUMBER: _builtins.int
     END_REASON_FIELD_NUMBER: _builtins.int
     DIRECTION_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    TO_NUMBER_FIELD_NUMBER: _builtins.int
     end_reason: _builtins.str
     """"caller_hangup", "agent_hangup", "transferred", "timeout", "error", ..."""
     direction: _common_pb2.CallDirection.ValueType
+    agent_id: _builtins.str
+    from_number: _builtins.str
+    to_number: _builtins.str
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
     def __init__(
@@ -183,14 +198,51 @@ class CallEnded(_message.Message):
         duration: _duration_pb2.Duration | None = ...,
         end_reason: _builtins.str = ...,
         direction: _common_pb2.CallDirection.ValueType = ...,
+        agent_id: _builtins.str = ...,
+        from_number: _builtins.str = ...,
+        to_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "duration", b"duration", "end_reason", b"end_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "direction", b"direction", "duration", b"duration", "end_reason", b"end_reason", "from_number", b"from_number", "to_number", b"to_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CallEnded: _TypeAlias = CallEnded  # noqa: Y015
+
+@_typing.final
+class CallFailed(_message.Message):
+    """call.failed (bridge): an outbound call that never connected (busy, no answer, rejected, error)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    TO_NUMBER_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"busy", "no_answer", "rejected", "error", ..."""
+    direction: _common_pb2.CallDirection.ValueType
+    agent_id: _builtins.str
+    from_number: _builtins.str
+    to_number: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        direction: _common_pb2.CallDirection.ValueType = ...,
+        agent_id: _builtins.str = ...,
+        from_number: _builtins.str = ...,
+        to_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "direction", b"direction", "from_number", b"from_number", "reason", b"reason", "to_number", b"to_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallFailed: _TypeAlias = CallFailed  # noqa: Y015
 
 @_typing.final
 class CallTransferRequested(_message.Message):
@@ -304,15 +356,24 @@ class AgentJoined(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    FROM_NUMBER_FIELD_NUMBER: _builtins.int
+    TO_NUMBER_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    direction: _common_pb2.CallDirection.ValueType
+    from_number: _builtins.str
+    to_number: _builtins.str
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
+        direction: _common_pb2.CallDirection.ValueType = ...,
+        from_number: _builtins.str = ...,
+        to_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "direction", b"direction", "from_number", b"from_number", "to_number", b"to_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
