@@ -25,16 +25,18 @@ from services.agent.directory import (
     LayeredDirectory,
     StaticDirectory,
 )
-from services.agent.events import CallEventSink, JetStreamEventSink, NullEventSink
+from services.agent.events import CallEventSink, NullEventSink
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.session import CallSession
 from services.agent.profile import build_profile
 from services.agent.providers.factory import ProviderFactory, ProviderSecrets
+from services.shared.events import call_event_id, check_id, new_event
+from services.shared.events_publisher import EventPublisher
 from services.shared.grpc_server import Context, GrpcServer, bind
 from services.shared.logging import log_context
 from services.shared.settings import Settings
-from voice.v1 import agent_session_pb2, agent_session_pb2_grpc
+from voice.v1 import agent_session_pb2, agent_session_pb2_grpc, events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         # Called with each session when it ends (transcript archiving, tests inspecting the history).
         self._observer = observer
         self._events = events or NullEventSink()
+        # (tenant, call id) of the sessions in progress: a second Start for a live call is refused.
+        self._live: set[tuple[str, str]] = set()
 
     async def Converse(
         self, request_iterator: AsyncIterator[agent_session_pb2.ConverseRequest], context: Context
@@ -83,6 +87,17 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         missing = [name for name in ("call_id", "tenant_id", "agent_id") if not getattr(start, name)]
         if missing:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start: missing {', '.join(missing)}")
+        # Ids travel in event subjects and rows: bounded and subject-safe, refused before anything starts.
+        for name in ("call_id", "tenant_id"):
+            try:
+                check_id(getattr(start, name), name)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start: {exc}")
+        key = (start.tenant_id, start.call_id)
+        if key in self._live:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"call {start.call_id!r} already has a session in progress"
+            )
         output_rate = self._providers.tts.sample_rate
         try:
             agent = await self._directory.get(start.tenant_id, start.agent_id)
@@ -105,6 +120,12 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 )
             except SessionError as exc:
                 await context.abort(exc.code, exc.message)
+            if key in self._live:  # a concurrent Start for the same call won the race meanwhile
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"call {start.call_id!r} already has a session in progress",
+                )
+            self._live.add(key)
             log.info("session started", extra={"data": {"agent_id": start.agent_id}})
             self._metrics.calls_active.labels(start.tenant_id).inc()
             task = asyncio.create_task(session.run(request_iterator), name=f"call-{start.call_id}")
@@ -128,12 +149,32 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+                self._live.discard(key)
+                self._publish_ended(session, status)
                 self._metrics.calls_active.labels(start.tenant_id).dec()
                 direction = "outbound" if start.direction == 2 else "inbound"
                 self._metrics.calls_total.labels(start.tenant_id, direction, status).inc()
                 log.info("session ended", extra={"data": {"status": status}})
                 if self._observer is not None:
                     self._observer(session)
+
+    def _publish_ended(self, session: CallSession, status: str) -> None:
+        """call.ended for calls straight on Converse. The bridge reports the same end under the same
+        stable event id, so a bridged call still gets one call.ended."""
+        start = session.start
+        ended = events_pb2.CallEnded(
+            end_reason=(session.end_reason or "caller_hangup") if status == "completed" else "error",
+            direction=start.direction,
+            agent_id=start.agent_id,
+            from_number=start.caller_number,
+            to_number=start.called_number,
+        )
+        ended.duration.FromNanoseconds(int(session.duration_s * 1e9))
+        event_id = call_event_id(start.tenant_id, start.call_id, "call.ended")
+        source = getattr(self._events, "source", "agent")
+        self._events.publish(
+            new_event(start.tenant_id, start.call_id, source, event_id=event_id, call_ended=ended)
+        )
 
 
 def build_server(
@@ -156,7 +197,9 @@ def build_server(
     )
     events: CallEventSink = NullEventSink()
     if publish_events:
-        sink = JetStreamEventSink(settings, f"agent-{settings.instance_id or os.getpid()}", metrics.errors)
+        sink = EventPublisher(
+            settings, f"agent-{settings.instance_id or os.getpid()}", registry=server.registry
+        )
         server.on_stop.append(sink.close)
         events = sink
     servicer = AgentSessionServicer(

@@ -152,8 +152,10 @@ class CallSession:
         self.profile = profile
         self.providers = providers
         self.metrics = metrics
-        self._emit = emit
+        self._send = emit
         self.tenant = start.tenant_id
+        # Why the call ended, for call.ended: the first of the agent's transfer or hang-up, or the caller's.
+        self.end_reason = ""
         self._events = events or NullEventSink()
         self._minutes_billed = 0
         self.inbound = InboundAudio(start.input_format)
@@ -194,7 +196,14 @@ class CallSession:
         receiver = asyncio.create_task(self._receive(requests), name="receive")
         ended = asyncio.create_task(self._ended.wait(), name="ended")
         try:
-            self._publish(agent_joined=events_pb2.AgentJoined(agent_id=self.start.agent_id))
+            self._publish(
+                agent_joined=events_pb2.AgentJoined(
+                    agent_id=self.start.agent_id,
+                    direction=self.start.direction,
+                    from_number=self.start.caller_number,
+                    to_number=self.start.called_number,
+                )
+            )
             self._bill_minutes()
             self._set_state(pb.AGENT_STATE_LISTENING)
             greeting = self.profile.agent.greeting
@@ -224,6 +233,7 @@ class CallSession:
                 self._on_dtmf(request.dtmf)
             elif kind == "hangup":
                 log.info("caller hung up", extra={"data": {"reason": request.hangup.reason}})
+                self.end_reason = self.end_reason or request.hangup.reason[:100] or "caller_hangup"
                 return
             elif kind == "start":
                 raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "Start was already received")
@@ -370,7 +380,8 @@ class CallSession:
                     self._emit_caller_transcript(result, text)
                 continue
             if text:
-                self._publish_turn(pb.SPEAKER_CALLER, text, result.confidence)
+                # The turn this text opens, numbered as on the stream (the greeting is turn 0).
+                self._publish_turn(pb.SPEAKER_CALLER, text, result.confidence, turn_index=self.turn_index + 1)
                 self._pending_text.append(text)
                 self._interrupted = None  # real words: this was a real interruption, not noise
                 self._emit_caller_transcript(result, text)
@@ -739,14 +750,41 @@ class CallSession:
 
     # --- events on the bus ---------------------------------------------------------------------------
 
+    @property
+    def duration_s(self) -> float:
+        return time.monotonic() - self._started_at
+
+    def _emit(self, message: pb.ConverseResponse) -> None:
+        """Everything sent to the caller side goes through here: transfers and hang-ups are also events."""
+        kind = message.WhichOneof("event")
+        if kind == "transfer":
+            t = message.transfer
+            self.end_reason = self.end_reason or "transferred"
+            self._publish(
+                call_transfer_requested=events_pb2.CallTransferRequested(
+                    type=t.type, target=t.target, context=t.context, reason=t.reason
+                )
+            )
+        elif kind == "end_call":
+            self.end_reason = self.end_reason or message.end_call.reason[:100] or "agent_hangup"
+        self._send(message)
+
     def _publish(self, **payload: Message) -> None:
         self._events.emit(self.tenant, self.start.call_id, **payload)
 
-    def _publish_turn(self, speaker: int, text: str, confidence: float, *, interrupted: bool = False) -> None:
+    def _publish_turn(
+        self,
+        speaker: int,
+        text: str,
+        confidence: float,
+        *,
+        interrupted: bool = False,
+        turn_index: int | None = None,
+    ) -> None:
         turn = events_pb2.TranscriptTurnEvent(
             speaker=speaker,  # type: ignore[arg-type]
             text=text,
-            turn_index=self.turn_index,
+            turn_index=self.turn_index if turn_index is None else turn_index,
             confidence=confidence,
             interrupted=interrupted,
         )
