@@ -11,9 +11,9 @@ UV_VERSION=0.13.9
 # Debian packages the platform runs on: PostgreSQL 15, Redis 7, espeak-ng (offline TTS),
 # cmake + a C toolchain (libopus is built from source inside the Rust crate), libopus0 for the
 # ctypes baseline of `make bench-audio`, libpython3.11 (embedded by the Triton python backend stub that
-# scripts/tts.sh runs), curl (its health checks).
+# scripts/tts.sh runs), curl (its health checks), openssl (the local CA of scripts/certs.sh).
 need_pkgs=()
-for pkg in postgresql redis-server espeak-ng libopus0 cmake build-essential pkg-config libpython3.11 curl; do
+for pkg in postgresql redis-server espeak-ng libopus0 cmake build-essential pkg-config libpython3.11 curl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -53,3 +53,6 @@ if [ "$(cat "$VENV/.native-hash" 2>/dev/null)" != "$native_hash" ] || ! "$VENV/b
     || die "audio_core failed to build or import"
   echo "$native_hash" >"$VENV/.native-hash"
 fi
+
+# Certificates for mutual TLS between the services (local CA; kept while valid).
+bash scripts/certs.sh

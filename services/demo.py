@@ -93,7 +93,10 @@ async def report(settings: Settings, platform: Platform) -> bool:
             f"  [{'ok  ' if status == 'SERVING' else 'FAIL'}] {spec.name:<8} {address:<16} {status:<8}"
             f" metrics :{spec.metrics_port}  {', '.join(services) or '(health only)'}"
         )
-    print("\nTry: grpcurl -plaintext", platform.address("agent"), "list")
+    # Internal gRPC is mutual TLS: grpcurl presents the local CA's `client` certificate.
+    pki = settings.internal_tls.pki_dir
+    print(f"\nTry: grpcurl -cacert {pki}/ca.crt -cert {pki}/client.crt -key {pki}/client.key", end=" ")
+    print(platform.address("agent"), "list")
     return ok
 
 

@@ -22,7 +22,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from services.shared.settings import ServerSettings, Settings
+from services.shared.grpc_channels import open_channel
+from services.shared.settings import ServerSettings, Settings, load_settings
 
 RUN_DIR = Path(".var/run")
 
@@ -64,10 +65,13 @@ def http_status(url: str) -> int | None:
         return None
 
 
-async def health_status(address: str, service: str = "", deadline_s: float = 2.0) -> str:
-    """The grpc.health.v1 status name of `service` at `address` ("SERVING", ...), or the error."""
+async def health_status(
+    address: str, service: str = "", deadline_s: float = 2.0, settings: Settings | None = None
+) -> str:
+    """The grpc.health.v1 status name of `service` at `address` ("SERVING", ...), or the error. Over the
+    same channels as the services (mutual TLS unless the settings choose plaintext)."""
     # Typed multicallables instead of the generated stubs, whose published type stubs are incomplete.
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(settings or load_settings(), address) as channel:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -80,9 +84,9 @@ async def health_status(address: str, service: str = "", deadline_s: float = 2.0
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-async def reflected_services(address: str) -> list[str]:
+async def reflected_services(address: str, settings: Settings | None = None) -> list[str]:
     """Services a server lists over gRPC reflection (what `grpcurl list` shows)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(settings or load_settings(), address) as channel:
         info = channel.stream_stream(
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
             request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,

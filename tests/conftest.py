@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 from services.shared.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite runs as a development deployment, said explicitly (there is no silent default), with mutual
+# TLS between services as in production: certificates of the local CA from scripts/certs.sh.
+os.environ.setdefault("ENVIRONMENT", "development")
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Idempotent and quick when the certificates exist (make setup creates them).
+    subprocess.run(["bash", "scripts/certs.sh"], cwd=REPO, check=True, capture_output=True, timeout=60)
     config.addinivalue_line("markers", "live: talks to real cloud APIs; runs only with --live and keys")
 
 

@@ -186,7 +186,7 @@ def build_server(
     publish_events: bool = True,
 ) -> GrpcServer:
     providers = providers or ProviderFactory.from_settings(
-        settings.agent_service, ProviderSecrets.from_settings(settings)
+        settings.agent_service, ProviderSecrets.from_settings(settings), outbound=settings.outbound_http
     )
     server = GrpcServer("agent", settings.agent_service, [])
     metrics = AgentMetrics.create(server.registry)

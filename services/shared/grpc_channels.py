@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from services.shared.service_identity import client_identity, load_material, plaintext
 from services.shared.settings import Settings
 
 # Keep-alives so a dead peer is noticed within seconds; the server side permits pings this often.
@@ -23,8 +24,22 @@ DEFAULT_CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 
 
 def open_channel(
-    settings: Settings, target: str, *, options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS
+    settings: Settings,
+    target: str,
+    *,
+    options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    identity: str | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel from this process to the platform service at `target` ("host:port")."""
-    del settings  # the service identity (mTLS) settings are read here once they exist
-    return grpc.aio.insecure_channel(target, options=list(options))
+    """An asyncio channel from this process to the platform service at `target` ("host:port").
+
+    Mutual TLS under the platform's CA, presenting this process's identity (`internal_tls.identity`,
+    set to the service's name by the service runner; "client" for tools and tests) unless `identity`
+    names another one (tests acting as a given service). Plaintext only when the settings say so
+    explicitly, and never in staging or production."""
+    if plaintext(settings):
+        return grpc.aio.insecure_channel(target, options=list(options))
+    material = load_material(settings.internal_tls, identity or client_identity(settings))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=material.ca, private_key=material.key, certificate_chain=material.cert
+    )
+    return grpc.aio.secure_channel(target, credentials, options=list(options))

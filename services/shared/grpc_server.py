@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from services.shared.logging import log_context
 from services.shared.metrics import GrpcMetrics, serve_metrics
-from services.shared.settings import ServerSettings
+from services.shared.service_identity import allowed, load_material, peer_identity, plaintext
+from services.shared.settings import ServerSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,29 @@ def _split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC and binds a log context (trace id from `x-trace-id` metadata)."""
+def caller_identity(context: Context) -> str | None:
+    """The service identity the caller proved with its certificate (None on a plaintext server)."""
+    return peer_identity(context.auth_context())
 
-    def __init__(self, metrics: GrpcMetrics) -> None:
+
+class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC and binds a log context (trace id from `x-trace-id` metadata). With
+    mutual TLS, first refuses callers whose certificate identity may not call the method (service ACL)."""
+
+    def __init__(self, metrics: GrpcMetrics, server_identity: str | None) -> None:
         self._metrics = metrics
+        # None: a plaintext server (development), where no caller identity can be verified.
+        self._server_identity = server_identity
+
+    async def _authorize(self, context: Context, method: str) -> None:
+        if self._server_identity is None:
+            return
+        caller = caller_identity(context)
+        if caller is None or not allowed(self._server_identity, caller, method):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"service identity {caller or '(none)'!r} may not call {method} on {self._server_identity}",
+            )
 
     async def intercept_service(
         self,
@@ -88,6 +107,8 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         raw_trace = metadata.get("x-trace-id") or metadata.get("x-request-id")
         trace_id = raw_trace.decode(errors="replace") if isinstance(raw_trace, bytes) else raw_trace
         metrics = self._metrics
+        authorize = self._authorize
+        full_method = handler_call_details.method
 
         def finish(context: Context, started: float, error: BaseException | None) -> None:
             code = context.code()
@@ -110,6 +131,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 error: BaseException | None = None
                 try:
                     with log_context(trace_id=trace_id):
+                        await authorize(context, full_method)
                         return await behavior(request, context)
                 except DecodeError as exc:
                     error = exc
@@ -130,6 +152,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 error: BaseException | None = None
                 try:
                     with log_context(trace_id=trace_id):
+                        await authorize(context, full_method)
                         if inspect.isasyncgenfunction(behavior):
                             async for response in behavior(request, context):
                                 yield response
@@ -176,7 +199,11 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
 
 class GrpcServer:
-    """An asyncio gRPC server with health, reflection and metrics. Use `start()`, then `stop()`."""
+    """An asyncio gRPC server with health, reflection and metrics. Use `start()`, then `stop()`.
+
+    Mutual TLS with the certificate of service identity `identity` (default: `name`) and the service
+    ACL, as `platform.internal_tls` says (default: the settings of the environment); plaintext only
+    when those settings choose it explicitly."""
 
     def __init__(
         self,
@@ -185,8 +212,12 @@ class GrpcServer:
         bindings: Sequence[ServiceBinding],
         *,
         serve_metrics_http: bool = True,
+        identity: str | None = None,
+        platform: Settings | None = None,
     ) -> None:
         self.name = name
+        self.identity = identity or name
+        self.platform = platform
         self.settings = settings
         self.bindings = tuple(bindings)
         self.registry = CollectorRegistry()
@@ -205,8 +236,11 @@ class GrpcServer:
         return f"{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
+        platform = self.platform or load_settings()
+        secure = not plaintext(platform)
         server = grpc.aio.server(
-            interceptors=[_ObservabilityInterceptor(self.metrics)], options=SERVER_OPTIONS
+            interceptors=[_ObservabilityInterceptor(self.metrics, self.identity if secure else None)],
+            options=SERVER_OPTIONS,
         )
         for binding in self.bindings:
             binding.register(binding.servicer, server)
@@ -216,7 +250,15 @@ class GrpcServer:
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        if secure:
+            material = load_material(platform.internal_tls, self.identity)
+            credentials = grpc.ssl_server_credentials(
+                [(material.key, material.cert)], root_certificates=material.ca, require_client_auth=True
+            )
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(
                 f"{self.name}: cannot bind gRPC port {self.settings.host}:{self.settings.grpc_port}"

@@ -10,6 +10,7 @@ import uvloop
 
 from services.shared.grpc_server import GrpcServer, run_until_signalled
 from services.shared.logging import configure_logging
+from services.shared.service_identity import with_identity
 from services.shared.settings import Settings, SettingsError, load_settings
 
 
@@ -20,6 +21,9 @@ def run_service(name: str, build: Callable[[Settings], GrpcServer]) -> None:
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not settings.internal_tls.identity:
+        # The service presents its own certificate on the channels it opens to other services.
+        settings = with_identity(settings, name)
     configure_logging(
         name, level=settings.log_level, fmt=settings.log_format, instance=settings.instance_id or None
     )

@@ -77,6 +77,27 @@ class BridgeTimeoutSettings(BaseModel):
     max_call_duration_seconds: int = Field(3600, ge=1)
 
 
+class SipSettings(BaseModel):
+    """SIP trunks (docs/sip.md): where the bridge's user agent listens, where outbound calls and
+    transfers go, and what it negotiates."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 = any free port (tests); 5060 is the SIP default.
+    port: int = Field(5060, ge=0, le=65535)
+    # Address written into Contact and SDP when peers must reach us elsewhere (NAT); empty = host.
+    advertised_host: str = ""
+    rtp_host: str = "127.0.0.1"
+    # Outbound calls and transfers: sip:<number>@<trunk> (host:port).
+    trunk: str = "127.0.0.1:5070"
+    codecs: list[Literal["pcmu", "pcma", "opus"]] = ["pcmu", "pcma", "opus"]
+    # Answer inbound calls at once; otherwise they ring until CallControlService.Answer.
+    auto_answer: bool = True
+    jitter_initial_delay_ms: float = Field(60.0, ge=20.0, le=400.0)
+    # Concurrent-call slots of a crashed bridge expire after this (live calls refresh them).
+    slot_ttl_seconds: float = Field(60.0, ge=3.0)
+
+
 class BridgeSettings(ServerSettings):
     grpc_port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9101, ge=0, le=65535)
@@ -84,6 +105,7 @@ class BridgeSettings(ServerSettings):
     gotoconnect_websocket_url: str = "wss://realtime.goto.com"
     audio: BridgeAudioSettings = BridgeAudioSettings()
     timeouts: BridgeTimeoutSettings = BridgeTimeoutSettings()
+    sip: SipSettings = SipSettings()
 
 
 class SttSettings(BaseModel):
@@ -281,6 +303,33 @@ class ChatterboxServiceSettings(BaseModel):
     buffer_chunks: int = Field(3, ge=1)
 
 
+class OutboundHttpSettings(BaseModel):
+    """Requests to URLs tenants configure (services/shared/outbound_http.py): public https only."""
+
+    # Non-public networks reachable anyway (CIDRs), plain http included: only for tests' loopback
+    # receivers, e.g. OUTBOUND_HTTP__ALLOWED_NETWORKS='["127.0.0.0/8"]'. Never set in production.
+    allowed_networks: list[str] = []
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+
+
+class InternalTlsSettings(BaseModel):
+    """Mutual TLS between the platform's services (docs/identity.md). Every gRPC server asks each caller
+    for a certificate of the platform's CA and authorises it by its identity (the certificate's common
+    name) and the method; every internal client presents its own. `plaintext` turns this off and is only
+    for development on one machine: it must be chosen explicitly and is refused in staging/production."""
+
+    mode: Literal["mtls", "plaintext"] = "mtls"
+    # Created by scripts/certs.sh (run by the set-up): ca.crt plus <identity>.crt/.key per service.
+    pki_dir: str = ".var/pki"
+    # Overrides of the paths derived from pki_dir (deployments mount certificates elsewhere).
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+    # The identity this process presents on its outgoing channels. Empty: the service's own name when
+    # it runs as a service (services.shared.runner), otherwise "client" (tools, tests, load testers).
+    identity: str = ""
+
+
 class Settings(BaseSettings):
     """All settings of the platform. One instance per process, built by `load_settings()`."""
 
@@ -337,6 +386,8 @@ class Settings(BaseSettings):
     control: ControlSettings = ControlSettings()
     worker_service: WorkerSettings = WorkerSettings()
     chatterbox_service: ChatterboxServiceSettings = ChatterboxServiceSettings()
+    internal_tls: InternalTlsSettings = InternalTlsSettings()
+    outbound_http: OutboundHttpSettings = OutboundHttpSettings()
 
 
 class SettingsError(ValueError):

@@ -18,6 +18,8 @@ import grpc
 
 import audio_core
 from services.agent.ports import TextToSpeech, VoiceSelection
+from services.shared.grpc_channels import open_channel
+from services.shared.settings import Settings, load_settings
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, common_pb2, media_pb2
 
@@ -69,8 +71,13 @@ class ScriptedCaller:
         tenant_id: str,
         agent_id: str,
         on_event: Callable[[str], None] | None = None,
+        settings: Settings | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.target = target
+        # Channel settings (mutual TLS identity) and call metadata (the caller's API key on Converse).
+        self.settings = settings
+        self.metadata = metadata
         self.tts = tts
         self.tenant_id = tenant_id
         self.agent_id = agent_id
@@ -177,9 +184,9 @@ class ScriptedCaller:
             await asyncio.sleep(script.hangup_after_s)
             hangup.set()
 
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        async with open_channel(self.settings or load_settings(), self.target) as channel:
             stub = agent_session_pb2_grpc.AgentSessionServiceStub(channel)
-            stream = stub.Converse(requests())
+            stream = stub.Converse(requests(), metadata=self.metadata or None)
             driver = asyncio.create_task(drive())
             try:
                 async for response in stream:

@@ -18,8 +18,9 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID, demo_agent
 from services.agent.providers.tts import TritonTextToSpeech
 from services.shared.events import EventBus
+from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer
-from services.shared.settings import Settings
+from services.shared.settings import Settings, load_settings
 from services.softphone.caller import CALLER_RATE, CallRecord, CallScript, ScriptedCaller
 from tests.agent.conftest import IDLE_AGENT_ID, FinishedSessions
 from voice.v1 import agent_session_pb2 as pb
@@ -177,7 +178,7 @@ async def converse(address: str, requests: list[pb.ConverseRequest]) -> grpc.aio
             yield request
         await asyncio.sleep(5)  # keep the stream open: the server must end it
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(load_settings(), address, identity="bridge") as channel:
         call = agent_session_pb2_grpc.AgentSessionServiceStub(channel).Converse(stream())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in call:
@@ -265,7 +266,7 @@ async def test_garbage_bytes_fail_one_stream_and_not_the_others(
         yield b"\xff\xfe not a protobuf \x00\x13"
         await asyncio.sleep(5)
 
-    async with grpc.aio.insecure_channel(agent_server.address) as channel:
+    async with open_channel(load_settings(), agent_server.address, identity="bridge") as channel:
         raw: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
             "/voice.v1.AgentSessionService/Converse"
         )

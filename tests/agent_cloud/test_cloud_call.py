@@ -18,7 +18,7 @@ from services.agent.server import build_server
 from services.agent.tools.signing import tenant_secret
 from services.agent.tools.webhook import WebhookToolRunner
 from services.shared.grpc_server import GrpcServer
-from services.shared.settings import Settings
+from services.shared.settings import OutboundHttpSettings, Settings
 from services.softphone.caller import CallScript, ScriptedCaller
 from tests.agent_cloud.conftest import TenantWebhooks
 from tests.peers.anthropic_peer import AnthropicPeer, Reply
@@ -83,7 +83,9 @@ async def cloud(
         }
     )
     keys = ProviderSecrets(deepgram_server.api_key, anthropic_server.api_key, MASTER_SECRET)
-    factory = ProviderFactory.from_settings(agent_settings, keys)
+    # The tenant's tool endpoint is a loopback receiver: allowed explicitly, as tests must.
+    loopback = OutboundHttpSettings(allowed_networks=["127.0.0.0/8"])
+    factory = ProviderFactory.from_settings(agent_settings, keys, outbound=loopback)
     sessions: dict[str, CallSession] = {}
 
     def observe(session: CallSession) -> None:

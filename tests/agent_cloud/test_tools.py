@@ -13,6 +13,8 @@ from google.protobuf.struct_pb2 import Struct
 from services.agent.ports import ToolUse
 from services.agent.tools import signing
 from services.agent.tools.webhook import WebhookToolRunner
+from services.shared.outbound_http import safe_client
+from services.shared.settings import OutboundHttpSettings
 from tests.agent_cloud.conftest import TOOL_SECRET, TenantWebhooks
 from voice.v1 import agents_pb2
 
@@ -44,7 +46,8 @@ def tool(
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    # The platform's SSRF-safe client, with the loopback receiver allowed explicitly.
+    async with safe_client(OutboundHttpSettings(allowed_networks=["127.0.0.0/8"])) as client:
         yield client
 
 

@@ -28,6 +28,7 @@ from services.control.migrate import migrate_url
 from services.control.server import build_server, build_state
 from services.control.state import ControlState
 from services.shared.dependency_health import check_all
+from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings, load_settings
 
@@ -91,7 +92,7 @@ async def control_plane(base: Settings) -> AsyncIterator[ControlPlane]:
         server = build_server(cfg, state)
         await server.start()
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        channel = grpc.aio.insecure_channel(server.address)
+        channel = open_channel(cfg, server.address, identity="gateway")
         try:
             yield ControlPlane(cfg, server, state, internal_auth(cfg), pool, channel)
         finally:

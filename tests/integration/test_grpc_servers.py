@@ -15,6 +15,7 @@ import pytest
 from services.bridge.server import build_server as build_bridge
 from services.control.server import build_server as build_control
 from services.launcher import Platform, health_status, http_status, platform_servers, reflected_services
+from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings, load_settings
 from voice.v1 import call_control_pb2, call_control_pb2_grpc, system_pb2, system_pb2_grpc
@@ -54,7 +55,7 @@ async def test_reflection_lists_services(control: GrpcServer) -> None:
 
 
 async def test_system_health_checks_real_dependencies(control: GrpcServer) -> None:
-    async with grpc.aio.insecure_channel(control.address) as channel:
+    async with open_channel(load_settings(), control.address, identity="gateway") as channel:
         reply = await system_pb2_grpc.SystemServiceStub(channel).CheckHealth(system_pb2.CheckHealthRequest())
     assert reply.status == "ok"
     assert {c.name for c in reply.components} == {"postgres", "redis", "nats"}
@@ -67,7 +68,7 @@ async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(settings: Set
     bridge = build_bridge(settings.model_copy(update={"webrtc_bridge": ports}))
     await bridge.start()
     try:
-        async with grpc.aio.insecure_channel(bridge.address) as channel:
+        async with open_channel(load_settings(), bridge.address, identity="control") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call_control_pb2_grpc.CallControlServiceStub(channel).Dial(
                     call_control_pb2.DialRequest(call_id="c1")
@@ -85,7 +86,7 @@ async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(settings: Set
 
 async def test_stop_reports_not_serving_first(settings: Settings) -> None:
     ephemeral = settings.control.model_copy(update={"grpc_port": 0, "metrics_port": 0})
-    server = GrpcServer("probe", ephemeral, [], serve_metrics_http=False)
+    server = GrpcServer("probe", ephemeral, [], serve_metrics_http=False, identity="control")
     await server.start()
     await server.health.enter_graceful_shutdown()
     assert await health_status(server.address) == "NOT_SERVING"

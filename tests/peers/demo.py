@@ -22,7 +22,7 @@ from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
 from services.agent.providers.factory import ProviderFactory, ProviderSecrets
 from services.agent.providers.tts import TritonTextToSpeech
 from services.agent.server import build_server
-from services.shared.settings import load_settings
+from services.shared.settings import OutboundHttpSettings, load_settings
 from services.softphone.caller import CallScript, ScriptedCaller
 from services.softphone.report import latency_table, write_wav
 from tests.peers.anthropic_peer import AnthropicPeer, Reply
@@ -100,7 +100,9 @@ async def main(argv: list[str]) -> int:
     keys = ProviderSecrets(deepgram.api_key, anthropic.api_key, b"demo-tool-secret")
     server = build_server(
         settings.model_copy(update={"agent_service": section}),
-        providers=ProviderFactory.from_settings(section, keys),
+        providers=ProviderFactory.from_settings(
+            section, keys, outbound=OutboundHttpSettings(allowed_networks=["127.0.0.0/8"])
+        ),
     )
     await server.start()
     tts = TritonTextToSpeech(section.tts)

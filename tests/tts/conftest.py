@@ -122,6 +122,7 @@ async def tts_grpc(tts: TritonTextToSpeech, node_settings: ChatterboxServiceSett
         ServerSettings(grpc_port=0, metrics_port=0),
         [tts_binding(tts, VoiceRegistry(node_settings.storage_path))],
         serve_metrics_http=False,
+        identity="tts",
     )
     await server.start()
     yield server.address

@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from services.shared.grpc_channels import open_channel
+from services.shared.settings import load_settings
 from tests.tts.conftest import LONG_TEXT, reference_wav, triton_metrics
 from voice.v1 import media_pb2, tts_pb2, tts_pb2_grpc
 
 
 @pytest.fixture
 async def stub(tts_grpc: str) -> AsyncIterator[tts_pb2_grpc.TtsServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(tts_grpc) as channel:
+    async with open_channel(load_settings(), tts_grpc, identity="agent") as channel:
         yield tts_pb2_grpc.TtsServiceStub(channel)
 
 

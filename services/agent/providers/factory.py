@@ -48,7 +48,8 @@ from services.agent.resilience.telemetry import Telemetry
 from services.agent.resilience.tts import ClipLibrary, FallbackTextToSpeech, GuardedTextToSpeech
 from services.agent.tools.signing import tenant_secret
 from services.agent.tools.webhook import WebhookToolRunner
-from services.shared.settings import AgentServiceSettings, Settings
+from services.shared.outbound_http import safe_client
+from services.shared.settings import AgentServiceSettings, OutboundHttpSettings, Settings
 from voice.v1 import agents_pb2
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class ProviderFactory:
         *,
         clock: Callable[[], float] = time.monotonic,
         tts: TextToSpeech | None = None,
+        outbound: OutboundHttpSettings | None = None,
     ) -> ProviderFactory:
         keys = secrets_ or ProviderSecrets()
         telemetry = Telemetry(clock)
@@ -167,7 +169,10 @@ class ProviderFactory:
             settings=settings,
             telemetry=telemetry,
             anthropic=anthropic,
-            http=httpx.AsyncClient(follow_redirects=False),
+            # Tool webhook URLs are the tenant's: public https addresses only (no SSRF).
+            http=safe_client(
+                outbound or OutboundHttpSettings(), timeout=settings.tools.webhook_timeout_seconds
+            ),
             tool_secret=secret,
             clips=clips,
         )

@@ -28,6 +28,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from services.agent.ports import ToolOutcome, ToolUse
 from services.agent.tools.signing import signature_headers
+from services.shared.outbound_http import ResponseTooLargeError, UnsafeDestinationError, read_capped
 from voice.v1 import agents_pb2, events_pb2
 
 log = logging.getLogger(__name__)
@@ -165,17 +166,22 @@ class WebhookToolRunner:
             try:
                 # A total deadline: httpx's own timeouts are per read, and a server trickling bytes
                 # would otherwise keep the caller waiting.
-                async with asyncio.timeout(tool.timeout_s):
-                    response = await self._http.post(url, content=body, headers=headers)
-                    raw = await response.aread()
+                async with (
+                    asyncio.timeout(tool.timeout_s),
+                    self._http.stream("POST", url, content=body, headers=headers) as response,
+                ):
+                    # Stop reading past the cap: a tool answer rides in the model's context.
+                    raw = await read_capped(response, MAX_RESPONSE_BYTES)
             except TimeoutError:
                 return "timeout", {"error": f"the tool did not answer within {tool.timeout_s:g} s"}
+            except ResponseTooLargeError:
+                return "error", {"error": "the tool's answer is too large"}
+            except UnsafeDestinationError:
+                return "error", {"error": "the tool's URL is not allowed: it must be a public https address"}
             except httpx.HTTPError as exc:
                 return "error", {"error": f"the tool could not be reached ({type(exc).__name__})"}
         if not response.is_success:
             return "error", {"error": f"the tool failed (HTTP {response.status_code})"}
-        if len(raw) > MAX_RESPONSE_BYTES:
-            return "error", {"error": "the tool's answer is too large"}
         try:
             value = json.loads(raw) if raw else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
