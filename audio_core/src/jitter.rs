@@ -1,26 +1,43 @@
-//! Adaptive jitter buffer with RTP semantics ("NetEq-lite"). Sans-IO: the caller passes arrival and
-//! playout times in milliseconds from any monotonic origin.
+//! Adaptive jitter buffer with RTP semantics, modelled on WebRTC NetEq's packet buffer and delay
+//! manager. Sans-IO: the caller passes arrival and playout times in milliseconds from any monotonic
+//! origin.
 //!
-//! Packets live in a fixed ring of slots indexed by extended (wrap-unrolled) sequence number, with
-//! payload buffers reused, so the steady state allocates nothing. Playout is driven by sequence
-//! order with a media-time cursor `P` (extended RTP timestamp):
+//! Packets live in a fixed ring of slots indexed by a *global* extended sequence number, with
+//! payload buffers reused, so the steady state allocates nothing. Sequence numbers and timestamps
+//! are unwrapped per *segment*: a new SSRC or an absurd sequence jump starts a segment that is
+//! placed right after what is already buffered, and a timestamp jump that the arrival times do not
+//! explain (a media source switch, an SBC re-anchoring, with or without the marker bit) shifts the
+//! segment's timestamps so it continues the timeline. Nothing buffered is discarded and no silence
+//! is inserted for such discontinuities.
+//!
+//! Playout is driven by sequence order with a media-time cursor `P` (global timestamp):
 //! * next expected packet present and due -> play it;
-//! * present but its timestamp is ahead of `P` -> DTX/comfort-noise gap, emit silence until then;
-//! * missing while later packets exist -> it is lost: rebuild it from the next packet's FEC when
-//!   that packet carries FEC and follows directly, otherwise conceal (PLC);
-//! * nothing buffered -> underrun: conceal, and let the timeline move on.
+//! * present but its timestamp is ahead of `P` (and the arrival times agree) -> DTX gap: silence;
+//! * missing while later packets exist -> lost: rebuilt from the next packet's FEC when that packet
+//!   carries FEC and follows directly, otherwise concealed (PLC);
+//! * nothing buffered while packets keep arriving -> underrun: conceal, the timeline moves on, and a
+//!   packet that turns up for time already concealed is late (dropped, its sequence number counted
+//!   lost once). If later packets show the missing ones were lost rather than late, those frames are
+//!   reported as loss concealment, not underruns;
+//! * nothing buffered and nothing arriving (DTX without packets, hold) -> silence, not an underrun.
 //!
-//! Delay adapts: every packet's transit (`arrival - media time`) goes into a window; the target delay
-//! is a high percentile of transit above the window minimum (which tracks sender/receiver clock
-//! drift), clamped to `[min_delay, max_delay]`. The current delay is how long after its earliest
-//! possible arrival the packet at `P` is played; it is steered toward the target by dropping
-//! (accelerate) or concealing an extra frame (expand), preferably on low-energy frames, and by
-//! shortening DTX gaps.
+//! Delay estimation: every packet's transit (`arrival - media time`) goes into a window of the last
+//! [`WINDOW`] packets. The *playout delay* is how long after the fastest recent packet's transit the
+//! audio at `P` plays; the target is a high quantile of transit above that minimum, so it follows
+//! jitter up within a few packets and forgets an isolated spike after the window. The minimum's
+//! slope over several seconds is the sender/receiver clock drift.
+//!
+//! Delay *control* belongs to the leg when it time-stretches ([`JitterBuffer::set_time_stretch`]):
+//! the buffer then never drops or inserts whole frames. Used alone (no audio path), the buffer keeps
+//! the packet-level fallback: drop a frame (accelerate) or conceal an extra one (expand).
 
 use crate::error::{invalid, Result};
 
-const TRANSIT_WINDOW: usize = 256;
+/// Packets in the transit window (2 s of 20 ms packets).
+pub const WINDOW: usize = 100;
 const QUANTILE: f64 = 0.97;
+/// Blocks of the drift estimator (each `WINDOW / 2` packets).
+const DRIFT_BLOCKS: usize = 8;
 
 /// Configuration.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +52,7 @@ pub struct JitterConfig {
     pub max_delay_ms: f64,
     /// Target before enough packets have been seen to measure jitter, ms.
     pub initial_delay_ms: f64,
-    /// Number of packet slots (power of two); sequence numbers further ahead reset the stream.
+    /// Number of packet slots (power of two); sequence numbers further ahead start a new segment.
     pub capacity: usize,
 }
 
@@ -61,7 +78,8 @@ pub enum InsertResult {
     Late,
     /// Already buffered or already played; discarded.
     Duplicate,
-    /// Sequence/timestamp jump: the buffer restarted with this packet.
+    /// Sequence jump or new source: a new segment starts with this packet, right after what is
+    /// buffered (nothing is discarded).
     Reset,
 }
 
@@ -71,24 +89,25 @@ pub enum Playout {
     /// Not started yet: play silence.
     Buffering { samples: u32 },
     /// Decode this packet (slot index for [`JitterBuffer::payload`]). `discard`: decode to keep the
-    /// decoder state but drop the audio (accelerate).
+    /// decoder state but drop the audio (packet-level accelerate; never in time-stretch mode).
     Packet { seq: u16, timestamp: u32, samples: u32, slot: usize, discard: bool },
     /// Rebuild the lost packet `lost_seq` from the FEC in the packet at `slot` (the next one).
     Fec { lost_seq: u16, samples: u32, slot: usize },
-    /// Packet-loss concealment. `lost`: for a lost packet (else underrun or expand).
+    /// Packet-loss concealment. `lost`: for a lost packet (else underrun or packet-level expand).
     Conceal { samples: u32, lost: bool },
-    /// DTX gap between talk spurts: comfort noise/silence.
+    /// DTX gap between talk spurts, or no stream: comfort noise/silence.
     Silence { samples: u32 },
 }
 
-/// Counters.
+/// Counters. They add up: `lost == concealed + fec_recovered`; every sequence number from the
+/// first played is played, lost, or still buffered; `late` packets are a subset of `lost`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct JitterStats {
     /// Packets accepted into the buffer.
     pub received: u64,
-    /// Sequence numbers skipped at playout (never arrived in time).
+    /// Sequence numbers whose packet was not played (never arrived, or arrived late).
     pub lost: u64,
-    /// Packets that arrived after their playout time.
+    /// Packets that arrived after their playout time (dropped; also counted in `lost`).
     pub late: u64,
     /// Duplicate packets.
     pub duplicated: u64,
@@ -96,22 +115,29 @@ pub struct JitterStats {
     pub concealed: u64,
     /// Lost packets rebuilt from in-band FEC.
     pub fec_recovered: u64,
-    /// Frames concealed because the buffer ran dry.
+    /// Frames concealed because the buffer was empty while the stream was alive (packets late,
+    /// not lost).
     pub underruns: u64,
     /// Packets played.
     pub played: u64,
-    /// Frames dropped to shrink the delay.
+    /// Frames dropped (packet level) or during which the leg time-compressed.
     pub accelerated: u64,
-    /// Frames inserted to grow the delay.
+    /// Frames inserted (packet level) or during which the leg time-stretched.
     pub expanded: u64,
-    /// Silence frames emitted in DTX gaps.
+    /// Silence frames (DTX gaps, paused stream).
     pub dtx_frames: u64,
-    /// Stream restarts (sequence/timestamp jumps).
+    /// New segments (sequence jumps, new sources).
     pub resets: u64,
-    /// Current playout delay, ms.
+    /// Timestamp discontinuities re-anchored within a segment.
+    pub reanchors: u64,
+    /// Current delay: media buffered ahead of the playout cursor (packet span), ms.
     pub current_delay_ms: f64,
     /// Target playout delay, ms.
     pub target_delay_ms: f64,
+    /// Playout delay of the audio at the cursor relative to the fastest recent packet, ms.
+    pub playout_delay_ms: f64,
+    /// Estimated sender clock drift, parts per million (positive: sender fast).
+    pub drift_ppm: f64,
     /// Packets currently buffered.
     pub buffered: u64,
 }
@@ -123,7 +149,40 @@ struct Slot {
     ts: i64,
     dur: u32,
     has_fec: bool,
+    raw_seq: u16,
+    raw_ts: u32,
     payload: Vec<u8>,
+}
+
+/// Unwrapping state of one segment (one source, no absurd jumps).
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    seq: u16,
+    seq_ext: i64,
+    ts: u32,
+    ts_ext: i64,
+    seq_off: i64,
+    ts_off: i64,
+    /// Last re-anchor point (`i64::MIN`: none) and the offset that held before it.
+    anchor_ext: i64,
+    prev_ts_off: i64,
+}
+
+/// Packet metadata for [`JitterBuffer::insert_packet`].
+#[derive(Debug, Clone, Copy)]
+pub struct PacketInfo {
+    /// RTP sequence number.
+    pub seq: u16,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Arrival time, ms.
+    pub arrival_ms: f64,
+    /// Duration in RTP clock units (0 = one frame).
+    pub samples: u32,
+    /// Carries FEC for its predecessor.
+    pub has_fec: bool,
+    /// RTP marker bit (start of a talk spurt or of a new media source).
+    pub marker: bool,
 }
 
 /// The jitter buffer.
@@ -132,10 +191,13 @@ pub struct JitterBuffer {
     slots: Vec<Slot>,
     mask: i64,
     frame_ts: u32,
-    // unwrapping references (highest seq seen)
-    hi_seq: Option<(u16, i64)>,
-    hi_ts: (u32, i64),
-    ts_origin: i64,
+    seg: Option<Segment>,
+    new_segment: bool,
+    hi_ext: i64,
+    hi_ts: i64,
+    hi_dur: u32,
+    hi_arrival: f64,
+    last_arrival: f64,
     // playout state
     started: bool,
     first_arrival: f64,
@@ -145,13 +207,25 @@ pub struct JitterBuffer {
     played_bits: u64,
     lowest_buffered: Option<i64>,
     highest_buffered: i64,
+    stretch: bool,
+    ep_under: u64,
+    ep_quiet: u64,
+    ep_late: u64,
     // delay estimation
-    transits: [f64; TRANSIT_WINDOW],
+    transits: [f64; WINDOW],
     n_transits: usize,
     target_at: usize,
     scratch: Vec<f64>,
     base_transit: f64,
     target_ms: f64,
+    block_min: f64,
+    block_t: f64,
+    block_n: usize,
+    blocks: [(f64, f64); DRIFT_BLOCKS],
+    n_blocks: usize,
+    drift: f64,
+    late_times: [f64; 16],
+    n_late: usize,
     stats: JitterStats,
 }
 
@@ -170,6 +244,9 @@ impl JitterBuffer {
                 cfg.min_delay_ms, cfg.max_delay_ms
             ));
         }
+        if !cfg.initial_delay_ms.is_finite() {
+            return invalid("initial_delay_ms must be finite");
+        }
         if !cfg.capacity.is_power_of_two() || !(16..=8192).contains(&cfg.capacity) {
             return invalid(format!("capacity must be a power of two in 16..=8192, got {}", cfg.capacity));
         }
@@ -179,9 +256,13 @@ impl JitterBuffer {
             slots: vec![Slot::default(); cfg.capacity],
             mask: cfg.capacity as i64 - 1,
             frame_ts,
-            hi_seq: None,
-            hi_ts: (0, 0),
-            ts_origin: 0,
+            seg: None,
+            new_segment: false,
+            hi_ext: 0,
+            hi_ts: 0,
+            hi_dur: frame_ts,
+            hi_arrival: 0.0,
+            last_arrival: f64::NEG_INFINITY,
             started: false,
             first_arrival: 0.0,
             next_seq: 0,
@@ -190,12 +271,24 @@ impl JitterBuffer {
             played_bits: 0,
             lowest_buffered: None,
             highest_buffered: 0,
-            transits: [0.0; TRANSIT_WINDOW],
+            stretch: false,
+            ep_under: 0,
+            ep_quiet: 0,
+            ep_late: 0,
+            transits: [0.0; WINDOW],
             n_transits: 0,
             target_at: 0,
-            scratch: Vec::with_capacity(TRANSIT_WINDOW),
+            scratch: Vec::with_capacity(WINDOW),
             base_transit: 0.0,
             target_ms: target,
+            block_min: f64::INFINITY,
+            block_t: 0.0,
+            block_n: 0,
+            blocks: [(0.0, 0.0); DRIFT_BLOCKS],
+            n_blocks: 0,
+            drift: 0.0,
+            late_times: [f64::NEG_INFINITY; 16],
+            n_late: 0,
             stats: JitterStats { target_delay_ms: target, ..Default::default() },
             cfg,
         })
@@ -211,10 +304,16 @@ impl JitterBuffer {
         self.frame_ts
     }
 
+    /// Leave delay control to a time-stretching caller: no packet-level drops or extra frames.
+    pub fn set_time_stretch(&mut self, on: bool) {
+        self.stretch = on;
+    }
+
     /// Counters (delay fields are refreshed at every `pop`).
     pub fn stats(&self) -> JitterStats {
         let mut s = self.stats;
         s.buffered = self.slots.iter().filter(|s| s.used).count() as u64;
+        s.drift_ppm = self.drift * 1e6;
         s
     }
 
@@ -223,26 +322,113 @@ impl JitterBuffer {
         self.slots.get(slot).map(|s| s.payload.as_slice()).unwrap_or(&[])
     }
 
+    /// Whether playout has started.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Current target delay, ms.
+    pub fn target_ms(&self) -> f64 {
+        self.target_ms
+    }
+
+    /// Estimated sender clock drift (fraction; positive = sender clock fast).
+    pub fn drift(&self) -> f64 {
+        self.drift
+    }
+
+    /// Delay of the media at the cursor relative to the fastest recent packet, ms.
+    pub fn playout_delay_ms(&self, now_ms: f64) -> f64 {
+        now_ms - (self.ms_of(self.p) + self.base_transit)
+    }
+
+    /// Media buffered from the cursor to the end of the newest buffered packet, ms.
+    pub fn buffered_ms(&self) -> f64 {
+        if !self.started {
+            return 0.0;
+        }
+        let idx = (self.highest_buffered & self.mask) as usize;
+        let s = &self.slots[idx];
+        if !s.used || s.seq != self.highest_buffered {
+            return 0.0;
+        }
+        ((s.ts + s.dur as i64 - self.p).max(0)) as f64 * 1000.0 / self.cfg.clock_rate as f64
+    }
+
+    /// Whether the next unit of playout is real data (a packet or FEC) rather than concealment
+    /// or silence: the leg uses it to read ahead only when that costs no concealment.
+    pub fn next_is_ready(&self) -> bool {
+        if !self.started {
+            return false;
+        }
+        match self.find_next_buffered() {
+            Some(idx) => {
+                let s = &self.slots[idx];
+                let unit = (self.cfg.clock_rate / 400) as i64;
+                s.seq == self.next_seq && s.ts - self.p < unit && s.ts + s.dur as i64 > self.p
+            }
+            None => false,
+        }
+    }
+
+    /// Distinct 100 ms bins in the last second with a late packet: scattered lateness is jitter the
+    /// delay should grow for quickly; one burst (a delay spike) is not.
+    pub fn late_spread(&self, now_ms: f64) -> usize {
+        let mut bins = [i64::MIN; 16];
+        let mut n = 0;
+        for &t in &self.late_times {
+            if now_ms - t <= 1000.0 {
+                let b = (t / 100.0).floor() as i64;
+                if !bins[..n].contains(&b) {
+                    bins[n] = b;
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     fn restart(&mut self) {
         for s in &mut self.slots {
             s.used = false;
         }
-        self.hi_seq = None;
+        self.seg = None;
         self.started = false;
         self.lowest_buffered = None;
         self.played_bits = 0;
         self.n_transits = 0;
         self.target_at = 0;
+        self.n_blocks = 0;
+        self.block_n = 0;
+        self.block_min = f64::INFINITY;
+        self.drift = 0.0;
+        self.ep_under = 0;
+        self.ep_quiet = 0;
+        self.ep_late = 0;
     }
 
-    /// Forget everything (new stream / SSRC change); counters are kept.
+    /// Forget everything (counters are kept).
     pub fn reset(&mut self) {
         self.restart();
         self.stats.resets += 1;
     }
 
-    fn ms_of(&self, ext_ts: i64) -> f64 {
-        (ext_ts - self.ts_origin) as f64 * 1000.0 / self.cfg.clock_rate as f64
+    /// A new media source (SSRC change) follows: its first packet starts a new segment placed
+    /// right after what is buffered, which still plays out.
+    pub fn new_source(&mut self) {
+        if self.seg.is_some() {
+            self.new_segment = true;
+        }
+    }
+
+    fn ms_of(&self, ts: i64) -> f64 {
+        ts as f64 * 1000.0 / self.cfg.clock_rate as f64
+    }
+
+    fn samples_of(&self, ms: f64) -> i64 {
+        let unit = (self.cfg.clock_rate / 400) as i64;
+        let s = (ms * self.cfg.clock_rate as f64 / 1000.0) as i64;
+        s - s.rem_euclid(unit)
     }
 
     /// Insert a packet. `samples` is its duration in RTP clock units (0 = one frame); `has_fec`
@@ -256,34 +442,109 @@ impl JitterBuffer {
         samples: u32,
         has_fec: bool,
     ) -> Result<InsertResult> {
-        if !arrival_ms.is_finite() {
+        self.insert_packet(PacketInfo { seq, timestamp, arrival_ms, samples, has_fec, marker: false }, payload)
+    }
+
+    fn start_segment(&mut self, pk: &PacketInfo, samples: u32) -> (i64, i64) {
+        match self.seg {
+            None => {
+                // First packet ever: the media clock starts at 0.
+                let seg = Segment { seq: pk.seq, seq_ext: pk.seq as i64 + (1 << 16), ts: pk.timestamp, ts_ext: 0, seq_off: 0, ts_off: 0, anchor_ext: i64::MIN, prev_ts_off: 0 };
+                self.seg = Some(seg);
+                self.first_arrival = pk.arrival_ms;
+                self.hi_ext = seg.seq_ext - 1;
+                self.hi_ts = -(samples as i64);
+                self.hi_dur = samples;
+                self.hi_arrival = pk.arrival_ms - self.ms_of(samples as i64);
+                (seg.seq_ext, 0)
+            }
+            Some(_) => {
+                // Continue right after the newest packet; keep a real pause in arrivals as a gap.
+                let ext = self.hi_ext + 1;
+                let gap = pk.arrival_ms - self.hi_arrival - self.ms_of(self.hi_dur as i64);
+                let extra = if gap > self.reanchor_threshold(true) { self.samples_of(gap) } else { 0 };
+                let ts = self.hi_ts + self.hi_dur as i64 + extra;
+                self.seg = Some(Segment { seq: pk.seq, seq_ext: ext, ts: pk.timestamp, ts_ext: ts, seq_off: 0, ts_off: 0, anchor_ext: i64::MIN, prev_ts_off: 0 });
+                (ext, ts)
+            }
+        }
+    }
+
+    fn reanchor_threshold(&self, marker: bool) -> f64 {
+        let f = self.cfg.frame_ms as f64;
+        self.target_ms + 2.0 * f + if marker { 0.0 } else { 40.0 }
+    }
+
+    /// Insert a packet with its RTP metadata (marker bit).
+    pub fn insert_packet(&mut self, pk: PacketInfo, payload: &[u8]) -> Result<InsertResult> {
+        if !pk.arrival_ms.is_finite() {
             return invalid("arrival time must be finite");
         }
-        let samples = if samples == 0 { self.frame_ts } else { samples };
+        let samples = if pk.samples == 0 { self.frame_ts } else { pk.samples };
         if samples > self.cfg.clock_rate * 120 / 1000 {
             return invalid(format!("packet duration {samples} exceeds 120 ms"));
         }
         let mut result = InsertResult::Accepted;
-        let (ext, ext_ts) = match self.hi_seq {
-            None => {
-                self.ts_origin = timestamp as i64;
-                self.first_arrival = arrival_ms;
-                (seq as i64 + (1 << 16), timestamp as i64)
+        let (ext, ts) = match (self.seg, self.new_segment) {
+            (Some(sg), false) => {
+                let ext = sg.seq_ext + pk.seq.wrapping_sub(sg.seq) as i16 as i64 + sg.seq_off;
+                let raw = sg.ts_ext + pk.timestamp.wrapping_sub(sg.ts) as i32 as i64;
+                let mut ts = raw + sg.ts_off;
+                if ext < self.hi_ext && sg.anchor_ext != i64::MIN {
+                    // An older packet around a re-anchor (reordered): use whichever offset puts it
+                    // where its sequence number says it belongs.
+                    let expect = self.hi_ts - (self.hi_ext - ext) * self.hi_dur as i64;
+                    let other = raw + sg.prev_ts_off;
+                    if (other - expect).abs() < (ts - expect).abs() {
+                        ts = other;
+                    }
+                }
+                let lo = if self.started { self.next_seq } else { self.lowest_buffered.unwrap_or(ext) };
+                if ext >= lo + self.cfg.capacity as i64 || ext < lo - 3000 {
+                    // Absurd sequence jump: a new segment after what is buffered.
+                    self.stats.resets += 1;
+                    result = InsertResult::Reset;
+                    self.start_segment(&pk, samples)
+                } else {
+                    (ext, ts)
+                }
             }
-            Some((hs, he)) => {
-                let ext = he + seq.wrapping_sub(hs) as i16 as i64;
-                let ext_ts = self.hi_ts.1 + timestamp.wrapping_sub(self.hi_ts.0) as i32 as i64;
-                (ext, ext_ts)
+            (Some(_), true) => {
+                self.new_segment = false;
+                self.stats.resets += 1;
+                result = InsertResult::Reset;
+                self.start_segment(&pk, samples)
+            }
+            (None, _) => {
+                self.new_segment = false;
+                self.start_segment(&pk, samples)
             }
         };
-        // Absurd jumps: far outside the window, or media time miles away from the cursor.
-        let lo = if self.started { self.next_seq } else { self.lowest_buffered.unwrap_or(ext) };
-        let ts_jump = self.started && (ext_ts - self.p).abs() > self.cfg.clock_rate as i64 * 60;
-        if self.hi_seq.is_some() && (ext >= lo + self.cfg.capacity as i64 || ext < lo - 3000 || ts_jump) {
-            self.restart();
-            self.stats.resets += 1;
-            result = InsertResult::Reset;
-            return self.insert(seq, timestamp, payload, arrival_ms, samples, has_fec).map(|_| result);
+        let mut ts = ts;
+        if ext > self.hi_ext && result == InsertResult::Accepted {
+            // A timestamp that does not follow from the sequence numbers: DTX when the arrival
+            // times agree, otherwise a discontinuity to re-anchor.
+            let k = ext - self.hi_ext;
+            let predicted = self.hi_ts + k * self.hi_dur as i64;
+            let jump = ts - predicted;
+            let unit = (self.cfg.clock_rate / 400) as i64;
+            if jump.abs() >= unit {
+                let arrival_gap = pk.arrival_ms - self.hi_arrival;
+                let expected_ms = self.ms_of(k * self.hi_dur as i64);
+                let media_gap = self.ms_of(ts - self.hi_ts);
+                if jump < 0 || media_gap - arrival_gap > self.reanchor_threshold(pk.marker) {
+                    let pause = arrival_gap - expected_ms;
+                    let extra = if pause > self.reanchor_threshold(true) { self.samples_of(pause) } else { 0 };
+                    let new_ts = predicted + extra;
+                    if let Some(sg) = self.seg.as_mut() {
+                        sg.prev_ts_off = sg.ts_off;
+                        sg.anchor_ext = ext;
+                        sg.ts_off += new_ts - ts;
+                    }
+                    ts = new_ts;
+                    self.stats.reanchors += 1;
+                }
+            }
         }
         if self.started && ext < self.next_seq {
             let back = self.next_seq - 1 - ext;
@@ -291,7 +552,7 @@ impl JitterBuffer {
                 self.stats.duplicated += 1;
                 return Ok(InsertResult::Duplicate);
             }
-            self.stats.late += 1;
+            self.note_late(pk.arrival_ms);
             return Ok(InsertResult::Late);
         }
         let idx = (ext & self.mask) as usize;
@@ -303,37 +564,94 @@ impl JitterBuffer {
             // Cannot happen while ext is within capacity of the window start; be defensive.
             self.slots[idx].used = false;
         }
-        if self.hi_seq.is_none() || ext > self.hi_seq.map(|h| h.1).unwrap_or(i64::MIN) {
-            self.hi_seq = Some((seq, ext));
-            self.hi_ts = (timestamp, ext_ts);
+        // Transit: how late this packet is relative to its media time (the delay estimate's input).
+        let transit = pk.arrival_ms - self.ms_of(ts);
+        self.add_transit(transit, pk.arrival_ms);
+        if ext > self.hi_ext {
+            self.hi_ext = ext;
+            self.hi_ts = ts;
+            self.hi_dur = samples;
+            self.hi_arrival = pk.arrival_ms;
+            if let Some(sg) = self.seg.as_mut() {
+                sg.ts_ext += pk.timestamp.wrapping_sub(sg.ts) as i32 as i64;
+                sg.ts = pk.timestamp;
+                sg.seq_ext += pk.seq.wrapping_sub(sg.seq) as i16 as i64;
+                sg.seq = pk.seq;
+            }
+        }
+        self.last_arrival = self.last_arrival.max(pk.arrival_ms);
+        if self.started && ts + samples as i64 <= self.p {
+            // Its time has already been concealed: too late to play. Its sequence number (and any
+            // missing before it, whose time lies before it) is lost now.
+            self.note_late(pk.arrival_ms);
+            if ext >= self.next_seq {
+                self.settle_missing((ext + 1 - self.next_seq) as u64);
+                self.advance_seq(ext + 1, false);
+            }
+            return Ok(InsertResult::Late);
         }
         let slot = &mut self.slots[idx];
         slot.used = true;
         slot.seq = ext;
-        slot.ts = ext_ts;
+        slot.ts = ts;
         slot.dur = samples;
-        slot.has_fec = has_fec;
+        slot.has_fec = pk.has_fec;
+        slot.raw_seq = pk.seq;
+        slot.raw_ts = pk.timestamp;
         slot.payload.clear();
         slot.payload.extend_from_slice(payload);
         self.lowest_buffered = Some(self.lowest_buffered.map_or(ext, |l| l.min(ext)));
         self.highest_buffered = self.highest_buffered.max(ext);
         self.stats.received += 1;
-        let transit = arrival_ms - self.ms_of(ext_ts);
-        self.transits[self.n_transits % TRANSIT_WINDOW] = transit;
-        self.n_transits += 1;
         Ok(result)
     }
 
+    fn note_late(&mut self, arrival_ms: f64) {
+        self.stats.late += 1;
+        self.ep_late += 1;
+        self.late_times[self.n_late % self.late_times.len()] = arrival_ms;
+        self.n_late += 1;
+    }
+
+    fn add_transit(&mut self, transit: f64, arrival_ms: f64) {
+        self.transits[self.n_transits % WINDOW] = transit;
+        self.n_transits += 1;
+        // Drift: the minimum transit of each block of packets, and its slope over the blocks.
+        if transit < self.block_min {
+            self.block_min = transit;
+            self.block_t = arrival_ms;
+        }
+        self.block_n += 1;
+        if self.block_n >= WINDOW / 2 {
+            self.blocks[self.n_blocks % DRIFT_BLOCKS] = (self.block_t, self.block_min);
+            self.n_blocks += 1;
+            self.block_n = 0;
+            self.block_min = f64::INFINITY;
+            let n = self.n_blocks.min(DRIFT_BLOCKS);
+            if n >= 4 {
+                let pts = &self.blocks[..n];
+                let mt = pts.iter().map(|p| p.0).sum::<f64>() / n as f64;
+                let mv = pts.iter().map(|p| p.1).sum::<f64>() / n as f64;
+                let (mut sxy, mut sxx) = (0.0, 0.0);
+                for &(t, v) in pts {
+                    sxy += (t - mt) * (v - mv);
+                    sxx += (t - mt) * (t - mt);
+                }
+                // Transit falls when the sender's clock runs fast. Clamp to what a real clock does.
+                self.drift = if sxx > 0.0 { (-sxy / sxx).clamp(-0.02, 0.02) } else { 0.0 };
+            }
+        }
+    }
+
     fn update_target(&mut self) {
-        // The percentile moves slowly: refresh it every 8 new packets (and while warming up),
-        // not at every pop, to keep the per-frame cost low.
-        if self.n_transits < 24 {
+        // Refresh every 4 new packets (and while warming up), not at every pop.
+        if self.n_transits < 16 {
             self.target_at = 0;
-        } else if self.n_transits < self.target_at + 8 {
+        } else if self.n_transits < self.target_at + 4 {
             return;
         }
         self.target_at = self.n_transits;
-        let n = self.n_transits.min(TRANSIT_WINDOW);
+        let n = self.n_transits.min(WINDOW);
         if n == 0 {
             return;
         }
@@ -341,7 +659,7 @@ impl JitterBuffer {
         self.scratch.extend_from_slice(&self.transits[..n]);
         let base = self.scratch.iter().copied().fold(f64::INFINITY, f64::min);
         self.base_transit = base;
-        if n < 20 {
+        if n < 16 {
             return;
         }
         let k = ((n as f64 - 1.0) * QUANTILE).round() as usize;
@@ -374,9 +692,41 @@ impl JitterBuffer {
         }
     }
 
+    /// `missing` sequence numbers whose time was already filled (underrun PLC or silence): count
+    /// them lost once, and report the empty-buffer frames that covered real losses as loss
+    /// concealment rather than underruns (late packets keep their frames as underruns).
+    fn settle_missing(&mut self, missing: u64) {
+        self.stats.lost += missing;
+        self.stats.concealed += missing;
+        let empty = self.ep_under + self.ep_quiet;
+        let cover = empty.min(missing);
+        let as_under = cover.min(self.ep_late);
+        let u_take = self.ep_under.min(cover);
+        let q_take = cover - u_take;
+        self.stats.underruns = self.stats.underruns - u_take + as_under;
+        self.stats.dtx_frames -= q_take;
+        self.ep_under -= u_take;
+        self.ep_quiet -= q_take;
+        self.ep_late -= as_under;
+    }
+
+    fn end_episode(&mut self) {
+        self.ep_under = 0;
+        self.ep_quiet = 0;
+        self.ep_late = 0;
+    }
+
+    fn alive(&self, now_ms: f64) -> bool {
+        now_ms - self.last_arrival <= (self.target_ms + 2.0 * self.cfg.frame_ms as f64).max(60.0)
+    }
+
     /// Decide the next unit of playout. `last_low_energy` tells whether the last output frame was
-    /// quiet, where time-scale changes are inaudible.
+    /// quiet, where packet-level time-scale changes are least audible.
     pub fn pop(&mut self, now_ms: f64, last_low_energy: bool) -> Playout {
+        self.pop_inner(now_ms, last_low_energy, 0)
+    }
+
+    fn pop_inner(&mut self, now_ms: f64, last_low_energy: bool, depth: u32) -> Playout {
         self.update_target();
         self.stats.target_delay_ms = self.target_ms;
         if !self.started {
@@ -400,29 +750,37 @@ impl JitterBuffer {
             self.next_seq = s;
             self.p = self.slots[idx].ts;
         }
-        let delay = now_ms - (self.ms_of(self.p) + self.base_transit);
-        self.stats.current_delay_ms = delay;
+        let delay = self.playout_delay_ms(now_ms);
+        self.stats.playout_delay_ms = delay;
+        self.stats.current_delay_ms = self.buffered_ms();
         let frame_ms = self.cfg.frame_ms as f64;
-        let too_long = delay > self.target_ms + frame_ms && (last_low_energy || delay > self.target_ms + 5.0 * frame_ms);
+        let control = !self.stretch && self.stats.played > 0;
+        let too_long = control && delay > self.target_ms + frame_ms && (last_low_energy || delay > self.target_ms + 5.0 * frame_ms);
         let too_short =
-            delay < self.target_ms - frame_ms && (last_low_energy || delay < self.target_ms - 2.5 * frame_ms);
+            control && delay < self.target_ms - frame_ms && (last_low_energy || delay < self.target_ms - 2.5 * frame_ms);
 
         let Some(idx) = self.find_next_buffered() else {
-            // Nothing to play: underrun. The timeline moves on; a packet that turns up for this
-            // time is then treated as lost-and-concealed (see below).
-            self.stats.underruns += 1;
+            // Nothing to play. Packets still arriving: an underrun (conceal). None arriving: the
+            // sender paused (DTX without packets, hold): silence. The timeline moves on either way.
             self.p += self.frame_ts as i64;
-            return Playout::Conceal { samples: self.frame_ts, lost: false };
+            if self.alive(now_ms) {
+                self.stats.underruns += 1;
+                self.ep_under += 1;
+                return Playout::Conceal { samples: self.frame_ts, lost: false };
+            }
+            self.stats.dtx_frames += 1;
+            self.ep_quiet += 1;
+            return Playout::Silence { samples: self.frame_ts };
         };
-        let (seq, ts, dur, has_fec) = {
+        let (seq, ts, dur, has_fec, raw_seq, raw_ts) = {
             let s = &self.slots[idx];
-            (s.seq, s.ts, s.dur, s.has_fec)
+            (s.seq, s.ts, s.dur, s.has_fec, s.raw_seq, s.raw_ts)
         };
         let plc_unit = (self.cfg.clock_rate / 400) as i64; // 2.5 ms
         if seq == self.next_seq {
             let gap = ts - self.p;
             if gap >= plc_unit {
-                // DTX / silence gap before this packet: shorten it when the delay is too long.
+                // DTX / silence gap before this packet (shortened when the delay is too long).
                 let unit = gap.min(self.frame_ts as i64);
                 if too_long && gap > unit {
                     self.p += unit;
@@ -432,11 +790,11 @@ impl JitterBuffer {
                 self.stats.dtx_frames += 1;
                 return Playout::Silence { samples: unit as u32 };
             }
-            if too_short && self.stats.played > 0 {
+            if too_short {
                 self.stats.expanded += 1;
                 return Playout::Conceal { samples: self.frame_ts, lost: false };
             }
-            let discard = too_long && self.stats.played > 0;
+            let discard = too_long;
             if discard {
                 self.stats.accelerated += 1;
             }
@@ -445,25 +803,25 @@ impl JitterBuffer {
             self.p = self.p.max(ts + dur as i64);
             self.last_dur = dur;
             self.stats.played += 1;
-            return Playout::Packet { seq: seq as u16, timestamp: ts as u32, samples: dur, slot: idx, discard };
+            self.end_episode();
+            return Playout::Packet { seq: raw_seq, timestamp: raw_ts, samples: dur, slot: idx, discard };
         }
         // seq > next_seq: packets next_seq..seq are missing.
         let missing = seq - self.next_seq;
         let gap = ts - self.p;
         let unit = self.last_dur.min(self.frame_ts) as i64;
         let unit = unit - unit % plc_unit;
-        if gap < plc_unit || unit == 0 {
-            // Their time has already been filled (underrun PLC): count them, play on.
-            self.stats.lost += missing as u64;
-            self.stats.concealed += missing as u64;
+        if gap < plc_unit || unit == 0 || depth > 4 {
+            // Their time has already been filled (underrun PLC or silence): count them, play on.
+            self.settle_missing(missing as u64);
             self.advance_seq(seq, false);
-            return self.pop(now_ms, last_low_energy);
+            return self.pop_inner(now_ms, last_low_energy, depth + 1);
         }
         if missing == 1 && has_fec && gap <= 120 * self.cfg.clock_rate as i64 / 1000 {
             let samples = gap - gap % plc_unit;
             self.stats.lost += 1;
             self.stats.fec_recovered += 1;
-            let lost_seq = self.next_seq as u16;
+            let lost_seq = raw_seq.wrapping_sub(1);
             self.advance_seq(seq, false);
             self.p += samples;
             return Playout::Fec { lost_seq, samples: samples as u32, slot: idx };
@@ -476,6 +834,15 @@ impl JitterBuffer {
         let next = self.next_seq + 1;
         self.advance_seq(next, false);
         Playout::Conceal { samples: samples as u32, lost: true }
+    }
+
+    /// Count a frame during which the caller time-compressed (`accelerated`) or stretched.
+    pub fn note_time_scale(&mut self, accelerated: bool) {
+        if accelerated {
+            self.stats.accelerated += 1;
+        } else {
+            self.stats.expanded += 1;
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //!   timestamp.
 
 use crate::error::{invalid, Error, Result};
-use crate::jitter::{InsertResult, JitterBuffer, JitterConfig, JitterStats, Playout};
+use crate::jitter::{InsertResult, JitterBuffer, JitterConfig, JitterStats, PacketInfo, Playout};
+use crate::tsm::{Wsola, MAX_RATE};
 use crate::opus::{self, Decoder, Encoder, EncoderConfig};
 use crate::resample::Resampler;
 use crate::{frame, g711, rtp};
@@ -86,8 +87,12 @@ impl FrameKind {
 pub struct InboundConfig {
     /// Payload codec.
     pub codec: Codec,
-    /// Accept only this payload type (others, e.g. telephone-event, are ignored).
+    /// Accept only this payload type for audio. `None`: lock onto the first audio payload type
+    /// seen (never onto telephone-events).
     pub payload_type: Option<u8>,
+    /// RFC 4733 telephone-event payload type: such packets go to [`InboundLeg::take_dtmf`], never
+    /// to the decoder.
+    pub dtmf_payload_type: Option<u8>,
     /// Output rate of the PCM16 frames.
     pub output_rate: u32,
     /// Opus decode rate; `None` = the output rate when libopus supports it (no extra resampler).
@@ -98,7 +103,14 @@ pub struct InboundConfig {
 
 impl Default for InboundConfig {
     fn default() -> Self {
-        Self { codec: Codec::Opus, payload_type: None, output_rate: 16000, decode_rate: None, jitter: JitterConfig::default() }
+        Self {
+            codec: Codec::Opus,
+            payload_type: None,
+            dtmf_payload_type: Some(101),
+            output_rate: 16000,
+            decode_rate: None,
+            jitter: JitterConfig::default(),
+        }
     }
 }
 
@@ -107,7 +119,8 @@ impl Default for InboundConfig {
 pub enum LegInsert {
     /// From the jitter buffer.
     Jitter(InsertResult),
-    /// Different payload type (e.g. DTMF) or SSRC noise: not audio for this leg.
+    /// Not audio for this leg: a telephone-event (queued for [`InboundLeg::take_dtmf`]), another
+    /// payload type, or a stray packet of a replaced source.
     Ignored,
 }
 
@@ -124,27 +137,68 @@ impl LegInsert {
     }
 }
 
+/// A telephone-event packet received on an inbound leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfPacket {
+    /// RTP timestamp (the event's start; retransmitted end packets repeat it).
+    pub timestamp: u32,
+    /// The event block.
+    pub event: rtp::DtmfEvent,
+}
+
+/// Extra inbound counters (the jitter buffer's are in [`JitterStats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LegStats {
+    /// Milliseconds of input removed by time compression.
+    pub accelerated_ms: f64,
+    /// Milliseconds of input repeated by time stretching.
+    pub expanded_ms: f64,
+    /// Current time-scale change (positive: faster than real time), fraction.
+    pub time_scale: f64,
+    /// Resampler ratio adjustment in use for clock drift (1.0 = none).
+    pub drift_ratio: f64,
+    /// Packets with a payload type that is neither the audio nor the telephone-event one.
+    pub unknown_payload_type: u64,
+    /// Telephone-event packets received.
+    pub dtmf_packets: u64,
+    /// Packets of a replaced source arriving after the switch (dropped).
+    pub stray_ssrc: u64,
+    /// Source (SSRC) changes.
+    pub ssrc_changes: u64,
+}
+
 /// Inbound: RTP in, fixed-size PCM16 frames out.
 pub struct InboundLeg {
     cfg: InboundConfig,
     jb: JitterBuffer,
     ssrc: Option<u32>,
+    old_ssrc: Option<u32>,
+    audio_pt: Option<u8>,
     opus: Option<Decoder>,
     decode_rate: u32,
     resampler: Option<Resampler>,
     dec: Vec<i16>,
-    q: Vec<i16>,
+    rs_out: Vec<i16>,
+    produced: Vec<i16>,
+    tsm: Wsola,
     frame_out: usize,
     low_energy: bool,
     g711_last: Vec<i16>,
     g711_plc: u32,
+    mode: i8,
+    drift_applied: f64,
+    dtmf: std::collections::VecDeque<DtmfPacket>,
+    leg_stats: LegStats,
+    current_delay_ms: f64,
+    playout_delay_ms: f64,
     /// Opus decode errors (corrupt packets concealed instead).
     pub decode_errors: u64,
-    /// Packets with a different payload type.
+    /// Packets not decoded as audio (telephone-events, other payload types, stray sources).
     pub ignored: u64,
 }
 
 const LOW_ENERGY_RMS: f64 = 330.0; // about -40 dBFS
+const DTMF_QUEUE: usize = 256;
 
 impl InboundLeg {
     /// Create an inbound leg.
@@ -154,7 +208,8 @@ impl InboundLeg {
         }
         let mut jc = cfg.jitter;
         jc.clock_rate = cfg.codec.clock_rate();
-        let jb = JitterBuffer::new(jc)?;
+        let mut jb = JitterBuffer::new(jc)?;
+        jb.set_time_stretch(true);
         let (opus, decode_rate) = match cfg.codec {
             Codec::Opus => {
                 let rate = match cfg.decode_rate {
@@ -172,15 +227,25 @@ impl InboundLeg {
             cfg,
             jb,
             ssrc: None,
+            old_ssrc: None,
+            audio_pt: cfg.payload_type,
             opus,
             decode_rate,
             resampler,
             dec: vec![0; decode_rate as usize * 120 / 1000],
-            q: Vec::with_capacity(frame_out * 8),
+            rs_out: Vec::with_capacity(frame_out * 8),
+            produced: Vec::with_capacity(frame_out * 2),
+            tsm: Wsola::new(cfg.output_rate),
             frame_out,
             low_energy: true,
             g711_last: Vec::new(),
             g711_plc: 0,
+            mode: 0,
+            drift_applied: 0.0,
+            dtmf: std::collections::VecDeque::new(),
+            leg_stats: LegStats { drift_ratio: 1.0, ..Default::default() },
+            current_delay_ms: 0.0,
+            playout_delay_ms: 0.0,
             decode_errors: 0,
             ignored: 0,
         })
@@ -202,28 +267,65 @@ impl InboundLeg {
         self.resampler.as_ref().map_or(0.0, |r| r.delay_seconds())
     }
 
-    /// Jitter buffer counters.
+    /// Jitter buffer counters; the delay fields describe the whole leg (packets plus decoded audio
+    /// waiting to be played).
     pub fn stats(&self) -> JitterStats {
-        self.jb.stats()
+        let mut s = self.jb.stats();
+        s.current_delay_ms = self.current_delay_ms;
+        s.playout_delay_ms = self.playout_delay_ms;
+        s
+    }
+
+    /// Leg counters (time scaling, payload types, sources).
+    pub fn leg_stats(&self) -> LegStats {
+        let mut s = self.leg_stats;
+        let ms = 1000.0 / self.cfg.output_rate as f64;
+        s.accelerated_ms = self.tsm.removed as f64 * ms;
+        s.expanded_ms = self.tsm.repeated as f64 * ms;
+        s
+    }
+
+    /// Telephone-events received since the last call, oldest first.
+    pub fn take_dtmf(&mut self) -> Vec<DtmfPacket> {
+        self.dtmf.drain(..).collect()
+    }
+
+    fn looks_like_telephone_event(pt: u8, payload: &[u8]) -> bool {
+        // RFC 4733 blocks are 4 bytes, event codes 0..=255 but DTMF is 0..=15; dynamic types only.
+        pt >= 96 && !payload.is_empty() && payload.len() % 4 == 0 && payload.len() <= 16 && payload[0] <= 16
     }
 
     /// Insert one RTP datagram that arrived at `arrival_ms`.
     pub fn insert(&mut self, packet: &[u8], arrival_ms: f64) -> Result<LegInsert> {
         let p = rtp::parse(packet)?;
-        if let Some(pt) = self.cfg.payload_type {
-            if p.payload_type != pt {
+        if Some(p.payload_type) == self.cfg.dtmf_payload_type && Some(p.payload_type) != self.audio_pt {
+            let event = rtp::parse_dtmf(p.payload)?;
+            self.leg_stats.dtmf_packets += 1;
+            if self.dtmf.len() >= DTMF_QUEUE {
+                self.dtmf.pop_front();
+            }
+            self.dtmf.push_back(DtmfPacket { timestamp: p.timestamp, event });
+            self.ignored += 1;
+            return Ok(LegInsert::Ignored);
+        }
+        match self.audio_pt {
+            Some(pt) if pt != p.payload_type => {
+                self.leg_stats.unknown_payload_type += 1;
                 self.ignored += 1;
                 return Ok(LegInsert::Ignored);
+            }
+            Some(_) => {}
+            None => {
+                let default = self.cfg.codec.default_payload_type();
+                if p.payload_type != default && Self::looks_like_telephone_event(p.payload_type, p.payload) {
+                    self.leg_stats.unknown_payload_type += 1;
+                    self.ignored += 1;
+                    return Ok(LegInsert::Ignored);
+                }
             }
         }
         if p.payload.is_empty() {
             return Err(Error::Rtp("empty payload".into()));
-        }
-        if self.ssrc != Some(p.ssrc) {
-            if self.ssrc.is_some() {
-                self.jb.reset();
-            }
-            self.ssrc = Some(p.ssrc);
         }
         let (samples, fec) = match self.cfg.codec {
             Codec::Opus => {
@@ -240,7 +342,24 @@ impl InboundLeg {
                 (p.payload.len() as u32, false)
             }
         };
-        let r = self.jb.insert(p.sequence, p.timestamp, p.payload, arrival_ms, samples, fec)?;
+        // Lock onto the audio payload type only once a packet has proved to be audio.
+        self.audio_pt.get_or_insert(p.payload_type);
+        if self.ssrc != Some(p.ssrc) {
+            if self.old_ssrc == Some(p.ssrc) {
+                // A late packet of the source we switched away from: not part of the new timeline.
+                self.leg_stats.stray_ssrc += 1;
+                self.ignored += 1;
+                return Ok(LegInsert::Ignored);
+            }
+            if self.ssrc.is_some() {
+                self.jb.new_source();
+                self.leg_stats.ssrc_changes += 1;
+            }
+            self.old_ssrc = self.ssrc;
+            self.ssrc = Some(p.ssrc);
+        }
+        let info = PacketInfo { seq: p.sequence, timestamp: p.timestamp, arrival_ms, samples, has_fec: fec, marker: p.marker };
+        let r = self.jb.insert_packet(info, p.payload)?;
         Ok(LegInsert::Jitter(r))
     }
 
@@ -265,18 +384,190 @@ impl InboundLeg {
     }
 
     fn g711_conceal(&mut self, n: usize) -> usize {
-        // Repeat the last good frame, halving each time; silence after three frames.
-        let att = 0.5f32.powi(self.g711_plc as i32 + 1);
-        self.g711_plc += 1;
+        // Repeat the last pitch-sized stretch of the last good frame, fading out over three frames;
+        // silence after that. The fade is per sample so repetition never steps.
+        let len = self.g711_last.len();
+        let total = 3 * n.max(1);
         for i in 0..n {
-            let s = if self.g711_plc <= 3 && !self.g711_last.is_empty() {
-                self.g711_last[i % self.g711_last.len()] as f32 * att
+            let k = self.g711_plc as usize * n + i;
+            let s = if len > 0 && k < total {
+                let period = Self::g711_period(&self.g711_last);
+                let src = len - period + (k % period);
+                self.g711_last[src] as f32 * (1.0 - k as f32 / total as f32)
             } else {
                 0.0
             };
             self.dec[i] = s as i16;
         }
+        self.g711_plc += 1;
         n
+    }
+
+    fn g711_period(x: &[i16]) -> usize {
+        // Pitch period of the last good frame by autocorrelation (2.5 to 15 ms at 8 kHz).
+        let n = x.len();
+        if n < 160 {
+            return n.max(1);
+        }
+        let (mut best, mut best_c) = (n.min(120), f64::NEG_INFINITY);
+        for lag in 20..=120.min(n / 2) {
+            let mut c = 0f64;
+            let mut e = 1.0f64;
+            for i in n - lag..n {
+                c += x[i] as f64 * x[i - lag] as f64;
+                e += x[i - lag] as f64 * x[i - lag] as f64;
+            }
+            let c = c / e.sqrt();
+            if c > best_c {
+                best_c = c;
+                best = lag;
+            }
+        }
+        best
+    }
+
+    /// Decode the next unit of playout into the time-scale queue; returns its kind.
+    fn pull(&mut self, now_ms: f64) -> FrameKind {
+        let decision = self.jb.pop(now_ms, self.low_energy);
+        let (n, k) = match decision {
+            Playout::Buffering { samples } => {
+                let n = self.to_dec_rate(samples);
+                self.dec[..n].fill(0);
+                (n, FrameKind::Buffering)
+            }
+            Playout::Silence { samples } => {
+                let n = self.to_dec_rate(samples);
+                let got = if self.opus.is_some() { self.opus_conceal(n) } else { self.g711_conceal(n) };
+                self.dec[got..n].fill(0);
+                (n, FrameKind::Silence)
+            }
+            Playout::Conceal { samples, lost } => {
+                let n = self.to_dec_rate(samples);
+                let got = if self.opus.is_some() { self.opus_conceal(n) } else { self.g711_conceal(n) };
+                self.dec[got..n].fill(0);
+                (n, if lost { FrameKind::Concealed } else { FrameKind::Underrun })
+            }
+            Playout::Fec { samples, slot, .. } => {
+                let n = self.to_dec_rate(samples);
+                let r = match self.opus.as_mut() {
+                    Some(d) => d.decode_fec(self.jb.payload(slot), n, &mut self.dec),
+                    None => Err(Error::Codec("FEC without Opus".into())),
+                };
+                let got = match r {
+                    Ok(k) => k,
+                    Err(_) => {
+                        self.decode_errors += 1;
+                        self.opus_conceal(n)
+                    }
+                };
+                self.dec[got..n].fill(0);
+                (n, FrameKind::Fec)
+            }
+            Playout::Packet { slot, samples, .. } => {
+                let payload = self.jb.payload(slot);
+                let n = match (self.cfg.codec, self.opus.as_mut()) {
+                    (Codec::Opus, Some(d)) => match d.decode(payload, &mut self.dec) {
+                        Ok(k) => k,
+                        Err(_) => {
+                            self.decode_errors += 1;
+                            let n = self.to_dec_rate(samples);
+                            let got = self.opus_conceal(n);
+                            self.dec[got..n].fill(0);
+                            n
+                        }
+                    },
+                    (Codec::Pcmu, _) => {
+                        for (d, &c) in self.dec.iter_mut().zip(payload) {
+                            *d = g711::ulaw_decode_sample(c);
+                        }
+                        payload.len()
+                    }
+                    _ => {
+                        for (d, &c) in self.dec.iter_mut().zip(payload) {
+                            *d = g711::alaw_decode_sample(c);
+                        }
+                        payload.len()
+                    }
+                };
+                if self.opus.is_none() {
+                    if self.g711_plc > 0 {
+                        // Back from concealment: fade the real audio in over 2.5 ms.
+                        let m = 20.min(n);
+                        for (i, d) in self.dec[..m].iter_mut().enumerate() {
+                            *d = (*d as f32 * (i as f32 + 0.5) / m as f32) as i16;
+                        }
+                    }
+                    self.g711_last.clear();
+                    self.g711_last.extend_from_slice(&self.dec[..n]);
+                    self.g711_plc = 0;
+                }
+                (n, FrameKind::Normal)
+            }
+        };
+        let n = n.min(self.dec.len());
+        if matches!(k, FrameKind::Normal | FrameKind::Fec) {
+            self.low_energy = frame::rms(&self.dec[..n]) < LOW_ENERGY_RMS;
+        }
+        match self.resampler.as_mut() {
+            Some(r) => {
+                self.rs_out.clear();
+                r.process_i16(&self.dec[..n], &mut self.rs_out);
+                self.tsm.push_i16(&self.rs_out);
+            }
+            None => self.tsm.push_i16(&self.dec[..n]),
+        }
+        k
+    }
+
+    fn pending_ms(&self) -> f64 {
+        self.tsm.pending() as f64 * 1000.0 / self.cfg.output_rate as f64
+    }
+
+    /// Time-scale rate for this frame: a proportional controller on the playout delay with a
+    /// dead band of half a frame (hysteresis down to 2 ms), plus the sender's clock drift when
+    /// no resampler can absorb it.
+    fn choose_rate(&mut self, now_ms: f64) -> f64 {
+        if !self.jb.started() || self.jb.stats().played == 0 {
+            self.mode = 0;
+            return 0.0;
+        }
+        let delay = self.jb.playout_delay_ms(now_ms) + self.pending_ms();
+        let target = self.jb.target_ms();
+        let err = delay - target;
+        let half = self.cfg.jitter.frame_ms as f64 / 2.0;
+        self.mode = match self.mode {
+            _ if err > half => 1,
+            _ if err < -half => -1,
+            1 if err < 2.0 => 0,
+            -1 if err > -2.0 => 0,
+            m => m,
+        };
+        let ctrl = match self.mode {
+            1 => (0.002 * err).clamp(0.01, MAX_RATE),
+            -1 => {
+                // Grow fast only when lateness is scattered (real jitter), slowly after one spike.
+                let cap = if self.jb.late_spread(now_ms) >= 3 { MAX_RATE } else { 0.01 };
+                -(0.002 * -err).clamp(0.005, cap)
+            }
+            _ => 0.0,
+        };
+        let drift = self.jb.drift();
+        if let Some(r) = self.resampler.as_mut() {
+            // Clock drift goes to the resampler's ratio (a constant, inaudible varispeed).
+            let d = if drift.abs() < 2e-4 { 0.0 } else { drift };
+            if (d - self.drift_applied).abs() > 2e-5 {
+                let factor = 1.0 / (1.0 + d);
+                if r.set_ratio_adjust(factor).is_ok() {
+                    self.drift_applied = d;
+                    self.leg_stats.drift_ratio = factor;
+                }
+            }
+            ctrl
+        } else if drift.abs() >= 2e-4 && self.mode == 0 {
+            drift.clamp(-MAX_RATE, MAX_RATE)
+        } else {
+            ctrl
+        }
     }
 
     /// Produce exactly one output frame into `out` (`frame_samples()` long) for time `now_ms`.
@@ -287,99 +578,47 @@ impl InboundLeg {
         if !now_ms.is_finite() {
             return invalid("now_ms must be finite");
         }
+        self.current_delay_ms = self.jb.buffered_ms() + self.pending_ms();
+        let rate = self.choose_rate(now_ms);
+        self.leg_stats.time_scale = rate;
+        self.playout_delay_ms = if self.jb.started() { self.jb.playout_delay_ms(now_ms) + self.pending_ms() } else { 0.0 };
+        let (removed, repeated) = (self.tsm.removed, self.tsm.repeated);
         let mut kind: Option<FrameKind> = None;
+        let mut produced = std::mem::take(&mut self.produced);
+        produced.clear();
+        let hop = self.tsm.hop();
         let mut guard = 0;
-        while self.q.len() < self.frame_out {
+        while produced.len() < self.frame_out {
             guard += 1;
             if guard > 64 {
                 // Cannot happen (every unit yields audio); never loop forever on odd input.
-                self.q.resize(self.frame_out, 0);
+                produced.resize(self.frame_out, 0);
                 break;
             }
-            let decision = self.jb.pop(now_ms, self.low_energy);
-            let (n, k, keep) = match decision {
-                Playout::Buffering { samples } => {
-                    let n = self.to_dec_rate(samples);
-                    self.dec[..n].fill(0);
-                    (n, FrameKind::Buffering, true)
+            while self.tsm.pending() < hop {
+                let k = self.pull(now_ms);
+                kind = Some(kind.map_or(k, |p: FrameKind| p.max(k)));
+                guard += 1;
+                if guard > 64 {
+                    break;
                 }
-                Playout::Silence { samples } => {
-                    let n = self.to_dec_rate(samples);
-                    let got = if self.opus.is_some() { self.opus_conceal(n) } else { 0 };
-                    self.dec[got..n].fill(0);
-                    (n, FrameKind::Silence, true)
-                }
-                Playout::Conceal { samples, lost } => {
-                    let n = self.to_dec_rate(samples);
-                    let got = if self.opus.is_some() { self.opus_conceal(n) } else { self.g711_conceal(n) };
-                    self.dec[got..n].fill(0);
-                    (n, if lost { FrameKind::Concealed } else { FrameKind::Underrun }, true)
-                }
-                Playout::Fec { samples, slot, .. } => {
-                    let n = self.to_dec_rate(samples);
-                    let r = match self.opus.as_mut() {
-                        Some(d) => d.decode_fec(self.jb.payload(slot), n, &mut self.dec),
-                        None => Err(Error::Codec("FEC without Opus".into())),
-                    };
-                    let got = match r {
-                        Ok(k) => k,
-                        Err(_) => {
-                            self.decode_errors += 1;
-                            self.opus_conceal(n)
-                        }
-                    };
-                    self.dec[got..n].fill(0);
-                    (n, FrameKind::Fec, true)
-                }
-                Playout::Packet { slot, discard, samples, .. } => {
-                    let payload = self.jb.payload(slot);
-                    let n = match (self.cfg.codec, self.opus.as_mut()) {
-                        (Codec::Opus, Some(d)) => match d.decode(payload, &mut self.dec) {
-                            Ok(k) => k,
-                            Err(_) => {
-                                self.decode_errors += 1;
-                                let n = self.to_dec_rate(samples);
-                                let got = self.opus_conceal(n);
-                                self.dec[got..n].fill(0);
-                                n
-                            }
-                        },
-                        (Codec::Pcmu, _) => {
-                            for (d, &c) in self.dec.iter_mut().zip(payload) {
-                                *d = g711::ulaw_decode_sample(c);
-                            }
-                            payload.len()
-                        }
-                        _ => {
-                            for (d, &c) in self.dec.iter_mut().zip(payload) {
-                                *d = g711::alaw_decode_sample(c);
-                            }
-                            payload.len()
-                        }
-                    };
-                    if self.opus.is_none() {
-                        self.g711_last.clear();
-                        self.g711_last.extend_from_slice(&self.dec[..n]);
-                        self.g711_plc = 0;
-                    }
-                    (n, FrameKind::Normal, !discard)
-                }
-            };
-            let n = n.min(self.dec.len());
-            if matches!(k, FrameKind::Normal | FrameKind::Fec) {
-                self.low_energy = frame::rms(&self.dec[..n]) < LOW_ENERGY_RMS;
             }
-            if !keep {
+            // Read ahead for the splice search only when the data is already here.
+            while rate > 0.0 && self.tsm.pending() < self.tsm.lookahead(rate) && self.jb.next_is_ready() {
+                let k = self.pull(now_ms);
+                kind = Some(kind.map_or(k, |p: FrameKind| p.max(k)));
+            }
+            if !self.tsm.hop_into(rate, &mut produced) {
                 continue;
             }
-            kind = Some(kind.map_or(k, |p: FrameKind| p.max(k)));
-            match self.resampler.as_mut() {
-                Some(r) => r.process_i16(&self.dec[..n], &mut self.q),
-                None => self.q.extend_from_slice(&self.dec[..n]),
-            }
         }
-        out.copy_from_slice(&self.q[..self.frame_out]);
-        self.q.drain(..self.frame_out);
+        out.copy_from_slice(&produced[..self.frame_out]);
+        self.produced = produced;
+        if self.tsm.removed > removed {
+            self.jb.note_time_scale(true);
+        } else if self.tsm.repeated > repeated {
+            self.jb.note_time_scale(false);
+        }
         Ok(kind.unwrap_or(FrameKind::Normal))
     }
 }

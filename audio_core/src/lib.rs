@@ -12,6 +12,7 @@ pub mod opus;
 mod py;
 pub mod resample;
 pub mod rtp;
+pub mod tsm;
 
 use pyo3::prelude::*;
 

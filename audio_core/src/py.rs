@@ -565,6 +565,9 @@ fn stats_dict<'py>(py: Python<'py>, s: &JitterStats) -> PyResult<Bound<'py, PyDi
     d.set_item("buffered", s.buffered)?;
     d.set_item("current_delay_ms", s.current_delay_ms)?;
     d.set_item("target_delay_ms", s.target_delay_ms)?;
+    d.set_item("playout_delay_ms", s.playout_delay_ms)?;
+    d.set_item("reanchors", s.reanchors)?;
+    d.set_item("drift_ppm", s.drift_ppm)?;
     Ok(d)
 }
 
@@ -640,7 +643,7 @@ struct InboundLeg {
 #[pymethods]
 impl InboundLeg {
     #[new]
-    #[pyo3(signature = (codec="opus", output_rate=16000, payload_type=None, frame_ms=20, min_delay_ms=20.0, max_delay_ms=400.0, initial_delay_ms=60.0, decode_rate=None))]
+    #[pyo3(signature = (codec="opus", output_rate=16000, payload_type=None, frame_ms=20, min_delay_ms=20.0, max_delay_ms=400.0, initial_delay_ms=60.0, decode_rate=None, dtmf_payload_type=Some(101)))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         codec: &str,
@@ -651,9 +654,10 @@ impl InboundLeg {
         max_delay_ms: f64,
         initial_delay_ms: f64,
         decode_rate: Option<u32>,
+        dtmf_payload_type: Option<u8>,
     ) -> PyResult<Self> {
         let jitter = JitterConfig { frame_ms, min_delay_ms, max_delay_ms, initial_delay_ms, ..Default::default() };
-        let cfg = legs::InboundConfig { codec: Codec::parse(codec)?, payload_type, output_rate, decode_rate, jitter };
+        let cfg = legs::InboundConfig { codec: Codec::parse(codec)?, payload_type, dtmf_payload_type, output_rate, decode_rate, jitter };
         let inner = legs::InboundLeg::new(cfg)?;
         let frame = vec![0; inner.frame_samples()];
         Ok(Self { inner, frame })
@@ -675,7 +679,28 @@ impl InboundLeg {
         let d = stats_dict(py, &self.inner.stats())?;
         d.set_item("decode_errors", self.inner.decode_errors)?;
         d.set_item("ignored", self.inner.ignored)?;
+        let l = self.inner.leg_stats();
+        d.set_item("accelerated_ms", l.accelerated_ms)?;
+        d.set_item("expanded_ms", l.expanded_ms)?;
+        d.set_item("time_scale", l.time_scale)?;
+        d.set_item("drift_ratio", l.drift_ratio)?;
+        d.set_item("unknown_payload_type", l.unknown_payload_type)?;
+        d.set_item("dtmf_packets", l.dtmf_packets)?;
+        d.set_item("stray_ssrc", l.stray_ssrc)?;
+        d.set_item("ssrc_changes", l.ssrc_changes)?;
         Ok(d)
+    }
+
+    /// Telephone-events received since the last call, oldest first, as (rtp_timestamp, event).
+    fn dtmf_events(&mut self) -> Vec<(u32, DtmfEvent)> {
+        self.inner
+            .take_dtmf()
+            .into_iter()
+            .map(|d| {
+                let e = d.event;
+                (d.timestamp, DtmfEvent { event: e.event, digit: e.digit(), end: e.end, volume: e.volume, duration: e.duration })
+            })
+            .collect()
     }
 
     #[getter]
