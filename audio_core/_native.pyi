@@ -201,7 +201,9 @@ class Resampler:
     def process_float(self, samples: Buffer) -> bytes:
         """Feed little-endian float32, get float32 output (GIL released for long buffers)."""
     def flush(self) -> bytes:
-        """End of stream: the delayed tail as PCM16 (total = ceil(input x ratio)); then reset."""
+        """End of stream: the delayed tail as PCM16, then reset. The whole output then covers the
+        whole input: total = ceil((input + delay) x ratio), the leading ``delay_ms`` being the
+        filter's constant latency."""
     def flush_float(self) -> bytes:
         """End of stream for the float32 path."""
     def reset(self) -> None:
@@ -256,7 +258,9 @@ class JitterBuffer:
         """Next unit to play: (kind, sequence, samples in clock units, payload)."""
     def stats(self) -> dict[str, float]:
         """received, lost, late, duplicated, concealed, fec_recovered, underruns, played,
-        accelerated, expanded, dtx_frames, resets, buffered, current_delay_ms, target_delay_ms."""
+        accelerated, expanded, dtx_frames, resets, reanchors, buffered, current_delay_ms (media
+        buffered ahead of the cursor), target_delay_ms, playout_delay_ms, drift_ppm.
+        ``lost == concealed + fec_recovered``; late packets are counted in ``lost``."""
     def reset(self) -> None:
         """Forget the stream (counters kept)."""
 
@@ -273,15 +277,26 @@ class InboundLeg:
         max_delay_ms: float = 400.0,
         initial_delay_ms: float = 60.0,
         decode_rate: int | None = None,
+        dtmf_payload_type: int | None = 101,
     ) -> None:
-        """``payload_type`` filters (others are ignored, e.g. DTMF); ``decode_rate`` forces the Opus
-        decode rate (default: the output rate, so libopus does the rate change)."""
+        """``payload_type`` filters audio (None: lock onto the first audio payload type seen);
+        ``dtmf_payload_type`` packets go to :meth:`dtmf_events`, never to the decoder; other types
+        are counted (``unknown_payload_type``) and dropped. ``decode_rate`` forces the Opus decode
+        rate (default: the output rate, so libopus does the rate change).
+
+        Delay is held at the target by time-scale modification (WSOLA, at most 5 %), never by
+        cutting frames; timestamp jumps and SSRC changes re-anchor without silence; sender clock
+        drift goes to the resampler's ratio (or the time-scaler when there is no resampler)."""
     def insert(self, packet: Buffer, arrival_ms: float) -> InsertStatus:
         """Insert one RTP datagram; ValueError for malformed RTP or Opus TOC."""
     def pop(self, now_ms: float) -> tuple[bytes, FrameKind]:
         """Exactly one frame (``frame_samples`` PCM16 samples) for time ``now_ms``."""
     def stats(self) -> dict[str, float]:
-        """Jitter-buffer counters plus decode_errors and ignored."""
+        """Jitter-buffer counters (current_delay_ms and playout_delay_ms include decoded audio
+        waiting to play) plus decode_errors, ignored, accelerated_ms, expanded_ms, time_scale,
+        drift_ratio, unknown_payload_type, dtmf_packets, stray_ssrc, ssrc_changes."""
+    def dtmf_events(self) -> list[tuple[int, DtmfEvent]]:
+        """Telephone-events received since the last call, oldest first: (RTP timestamp, event)."""
     @property
     def frame_samples(self) -> int:
         """Samples per output frame."""
@@ -316,11 +331,13 @@ class OutboundLeg:
     def push(self, pcm: Buffer) -> list[bytes]:
         """Add PCM16; returns the RTP packets completed by it (any chunk size)."""
     def flush(self) -> list[bytes]:
-        """Pad the last partial frame with silence and return the remaining packets."""
+        """Flush the resampler's tail, ramp to silence (5 ms), pad the last partial frame with
+        silence and return the remaining packets."""
     def set_marker(self) -> None:
         """Mark the next packet as a talk-spurt start."""
     def clear(self) -> None:
-        """Drop audio not yet encoded (barge-in)."""
+        """Drop audio not yet encoded (barge-in): what was sent fades out over 5 ms and the next
+        audio fades in over 5 ms, so the splice never clicks."""
     @property
     def sequence(self) -> int:
         """Next sequence number."""

@@ -677,6 +677,9 @@ pub struct OutboundLeg {
     marker: bool,
     payload: Vec<u8>,
     packet: Vec<u8>,
+    /// Last sample handed to the encoder, and samples of fade-in still owed after a clear.
+    last: i16,
+    fade_in: usize,
 }
 
 impl OutboundLeg {
@@ -720,6 +723,8 @@ impl OutboundLeg {
             marker: true,
             payload: vec![0; opus::MAX_PACKET],
             packet: Vec::with_capacity(opus::MAX_PACKET + 12),
+            last: 0,
+            fade_in: 0,
             cfg,
         })
     }
@@ -749,13 +754,40 @@ impl OutboundLeg {
         self.marker = true;
     }
 
-    /// Drop buffered, not yet encoded audio (barge-in). The timestamp skips ahead as if it played.
+    fn fade_len(&self) -> usize {
+        (self.enc_rate / 200) as usize // 5 ms
+    }
+
+    /// Drop buffered, not yet encoded audio (barge-in). The audio already encoded is not cut off:
+    /// it continues for 5 ms fading to zero (from the dropped audio itself where there is some),
+    /// and whatever is pushed next fades in over 5 ms, so the splice never clicks.
     pub fn clear(&mut self) {
-        self.pending.clear();
+        let n = self.fade_len();
+        let keep = self.pending.len().min(n);
+        self.pending.truncate(keep);
+        let hold = self.pending.last().copied().unwrap_or(self.last) as f32;
+        self.pending.resize(n, 0);
+        for (i, s) in self.pending.iter_mut().enumerate() {
+            let src = if i < keep { *s as f32 } else { hold };
+            *s = (src * (1.0 - (i as f32 + 0.5) / n as f32)) as i16;
+        }
         if let Some(r) = self.resampler.as_mut() {
             r.reset();
         }
+        self.fade_in = n;
         self.marker = true;
+    }
+
+    fn apply_fade_in(&mut self, from: usize) {
+        if self.fade_in == 0 {
+            return;
+        }
+        let n = self.fade_len();
+        for s in self.pending[from..].iter_mut().take(self.fade_in) {
+            let done = n - self.fade_in;
+            *s = (*s as f32 * (done as f32 + 0.5) / n as f32) as i16;
+            self.fade_in -= 1;
+        }
     }
 
     fn encode_frames(&mut self, emit: &mut dyn FnMut(&[u8])) -> Result<()> {
@@ -763,6 +795,7 @@ impl OutboundLeg {
         while self.pending.len() - off >= self.frame_enc {
             let pcm = &self.pending[off..off + self.frame_enc];
             off += self.frame_enc;
+            self.last = pcm[pcm.len() - 1];
             let len = match self.encoder.as_mut() {
                 Some(e) => e.encode(pcm, &mut self.payload)?,
                 None => {
@@ -801,10 +834,12 @@ impl OutboundLeg {
 
     /// Push PCM16 samples at the input rate; `emit` receives each finished RTP packet.
     pub fn push(&mut self, pcm: &[i16], emit: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let from = self.pending.len();
         match self.resampler.as_mut() {
             Some(r) => r.process_i16(pcm, &mut self.pending),
             None => self.pending.extend_from_slice(pcm),
         }
+        self.apply_fade_in(from);
         self.encode_frames(emit)
     }
 
@@ -821,6 +856,12 @@ impl OutboundLeg {
     pub fn flush(&mut self, emit: &mut dyn FnMut(&[u8])) -> Result<()> {
         if let Some(r) = self.resampler.as_mut() {
             r.flush_i16(&mut self.pending);
+        }
+        // The padding is silence: ramp down to it rather than step (5 ms, only if not silent).
+        let hold = self.pending.last().copied().unwrap_or(self.last) as f32;
+        if hold != 0.0 {
+            let n = self.fade_len();
+            self.pending.extend((0..n).map(|i| (hold * (1.0 - (i as f32 + 0.5) / n as f32)) as i16));
         }
         let rem = self.pending.len() % self.frame_enc;
         if rem != 0 {
@@ -895,5 +936,47 @@ mod tests {
         let mut frame = vec![0i16; 319];
         assert!(inb.pop(0.0, &mut frame).is_err());
         assert!(InboundLeg::new(InboundConfig { output_rate: 11025, ..Default::default() }).is_err());
+    }
+
+    fn max_step(x: &[i16]) -> i32 {
+        x.windows(2).map(|w| (w[1] as i32 - w[0] as i32).abs()).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn outbound_clear_fades_instead_of_clicking() {
+        for input_rate in [8000u32, 16000] {
+            let cfg = OutboundConfig { codec: Codec::Pcmu, input_rate, payload_type: 0, ..Default::default() };
+            let mut out = OutboundLeg::new(cfg).unwrap();
+            let mut pcm = Vec::new();
+            let mut take = |p: &[u8]| pcm.extend(rtp::parse(p).unwrap().payload.iter().map(|&c| g711::ulaw_decode_sample(c)));
+            let a = speech_like(input_rate, input_rate as usize, 0);
+            // Barge-in in the middle of a frame, then new audio at a different phase.
+            out.push(&a[..input_rate as usize / 50 * 7 + 37], &mut take).unwrap();
+            out.clear();
+            out.push(&speech_like(input_rate, input_rate as usize / 2, 1234), &mut take).unwrap();
+            out.flush(&mut take).unwrap();
+            let own = max_step(&speech_like(8000, 8000, 0));
+            let got = max_step(&pcm);
+            assert!(got as f64 <= own as f64 * 1.2 + 64.0, "{input_rate}: step {got} vs signal {own}");
+        }
+    }
+
+    #[test]
+    fn telephone_events_go_to_their_own_queue() {
+        let mut inb = InboundLeg::new(InboundConfig::default()).unwrap();
+        let mut pkt = Vec::new();
+        rtp::build(&rtp::RtpHeader { payload_type: 101, sequence: 5, timestamp: 800, ..Default::default() }, &[5, 0x8a, 0, 160], &mut pkt).unwrap();
+        assert_eq!(inb.insert(&pkt, 0.0).unwrap(), LegInsert::Ignored);
+        let d = inb.take_dtmf();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].timestamp, d[0].event.digit(), d[0].event.end), (800, Some('5'), true));
+        // With no telephone-event type configured, a packet that looks like one is still never
+        // decoded as audio (and does not lock the leg onto its payload type).
+        let mut inb = InboundLeg::new(InboundConfig { dtmf_payload_type: None, ..Default::default() }).unwrap();
+        pkt.clear();
+        rtp::build(&rtp::RtpHeader { payload_type: 100, ..Default::default() }, &[1, 0x0a, 0, 160], &mut pkt).unwrap();
+        assert_eq!(inb.insert(&pkt, 0.0).unwrap(), LegInsert::Ignored);
+        assert_eq!(inb.leg_stats().unknown_payload_type, 1);
+        assert_eq!(inb.stats().received, 0);
     }
 }

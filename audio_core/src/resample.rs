@@ -298,19 +298,29 @@ impl Resampler {
         Ok(())
     }
 
+    /// Output samples a flush completes to: every input sample is represented, i.e. the stream
+    /// covers input time up to `total_in` although each output lags the input by `K/2` samples.
+    fn flush_target(&self) -> u64 {
+        if self.total_in == 0 {
+            return 0;
+        }
+        ((self.total_in + (self.k / 2) as u64) * self.l).div_ceil(self.m)
+    }
+
     fn flush_inner(&mut self, mut emit: impl FnMut(f32)) {
-        let expected = if self.adjusted {
-            None
-        } else {
-            Some((self.total_in * self.l).div_ceil(self.m))
-        };
-        let zeros = self.k / 2 + 1;
-        self.buf.extend(std::iter::repeat_n(0.0, zeros));
-        self.run(&mut emit, expected);
+        let expected = if self.adjusted { None } else { Some(self.flush_target()) };
+        if self.total_in > 0 {
+            // Zeros to push the last K/2 input samples (the delayed tail) through the filter.
+            let zeros = self.k + 1;
+            self.buf.extend(std::iter::repeat_n(0.0, zeros));
+            self.run(&mut emit, expected);
+        }
         self.reset();
     }
 
-    /// End of stream: emit the delayed tail (output length = ceil(input length x ratio)) and reset.
+    /// End of stream: emit the delayed tail and reset. The output then covers the whole input:
+    /// its length is `ceil((input length + delay) x ratio)`, the leading `delay` being the filter's
+    /// constant latency (see [`Resampler::delay_seconds`]).
     pub fn flush_f32(&mut self, out: &mut Vec<f32>) {
         self.flush_inner(|y| out.push(y));
     }
@@ -497,8 +507,31 @@ mod tests {
             for n in [0usize, 1, 7, 160, 1001] {
                 let mut rs = Resampler::new(a, b).unwrap();
                 let y = run_all(&mut rs, &vec![0.1; n]);
-                assert_eq!(y.len() as u64, (n as u64 * b as u64).div_ceil(a as u64), "{a}->{b} n={n}");
+                let want = if n == 0 { 0 } else { ((n + rs.k / 2) as u64 * b as u64).div_ceil(a as u64) };
+                assert_eq!(y.len() as u64, want, "{a}->{b} n={n}");
             }
+        }
+    }
+
+    #[test]
+    fn flush_returns_the_delayed_tail() {
+        // An impulse within the last K/2 input samples: before the tail was emitted it never came
+        // out; now all of it does (its output sums to the ratio, as any input sample's does).
+        for &(a, b) in &PAIRS {
+            let mut rs = Resampler::new(a, b).unwrap();
+            let n = a as usize / 10;
+            let mut x = vec![0.0f32; n];
+            x[n - rs.k / 4] = 1.0;
+            let mut y = Vec::new();
+            rs.process_f32(&x, &mut y);
+            let streamed = y.len();
+            rs.flush_f32(&mut y);
+            let tail = y.len() - streamed;
+            let expect = rs.delay_output_samples();
+            assert!((tail as f64 - expect).abs() <= 2.0, "{a}->{b}: tail {tail} vs delay {expect}");
+            let sum: f32 = y.iter().sum();
+            let ratio = b as f32 / a as f32;
+            assert!((sum - ratio).abs() < 0.02 * ratio.max(1.0), "{a}->{b}: impulse sum {sum} vs {ratio}");
         }
     }
 

@@ -57,7 +57,21 @@ def test_steady_output_and_exact_flush() -> None:
     assert all(len(rs.process(chunk)) == 640 for _ in range(20))
     rs.reset()
     out = rs.process(b"\0\0" * 1001) + rs.flush()
-    assert len(out) // 2 == -(-1001 * 16000 // 48000)
+    # The flush returns the delayed tail: the output covers input plus the filter's delay.
+    delay_in = round(rs.delay_ms * 48)
+    assert len(out) // 2 == -(-(1001 + delay_in) * 16000 // 48000)
+
+
+def test_flush_returns_the_delayed_tail() -> None:
+    # An impulse in the last millisecond of input comes out only through the flush.
+    rs = ac.Resampler(48000, 16000)
+    x = np.zeros(4800, dtype="<i2")
+    x[-48] = 30000
+    streamed = np.frombuffer(rs.process(x.tobytes()), dtype="<i2")
+    tail = np.frombuffer(rs.flush(), dtype="<i2")
+    assert np.abs(streamed).max() < 3000
+    assert np.abs(tail).max() > 3000
+    assert abs(len(tail) - rs.delay_output_samples) <= 2
 
 
 @settings(max_examples=25, deadline=None)
