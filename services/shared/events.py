@@ -19,6 +19,7 @@ Consuming (explicit ack, nak with backoff, term into the dead-letter stream): se
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
@@ -190,10 +191,15 @@ class EventBus:
             headers={"Nats-Msg-Id": event.event_id},
         )
 
-    async def close(self) -> None:
+    async def close(self, *, drain: bool = True) -> None:
+        """Drains (lets in-flight publishes and handlers finish) unless `drain=False`: consumers that
+        stopped their subscriptions themselves just close."""
         if self.nc.is_closed:
             return
+        if not drain:
+            await self.nc.close()
+            return
         try:
-            await self.nc.drain()
+            await asyncio.wait_for(self.nc.drain(), 5.0)
         except Exception:
             await self.nc.close()

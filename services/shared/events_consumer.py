@@ -99,6 +99,8 @@ class Subscription:
     backoff: Backoff
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     on_outcome: Callable[[str, str], None] | None = None  # (durable, "handled"|"failed"|"dead_lettered")
+    # Shared by the consumers of one queue, so the queue's concurrency holds across them.
+    slots: asyncio.Semaphore | None = None
     _task: asyncio.Task[None] | None = None
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
@@ -132,7 +134,7 @@ class Subscription:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self, config: ConsumerConfig) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self.slots or asyncio.Semaphore(self.concurrency)
         failures = 0
         psub = None
         while not self._stopping:
@@ -272,10 +274,11 @@ async def subscribe(
     backoff: Backoff | None = None,
     deliver_new_only: bool = False,
     on_outcome: Callable[[str, str], None] | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> Subscription:
     """Creates (or binds to) the durable pull consumer `durable` on `filter_subject` and starts handling
     its events, `concurrency` at a time. A new durable starts at the beginning of the stream unless
-    `deliver_new_only`."""
+    `deliver_new_only`. Consumers given the same `slots` share its concurrency (a queue)."""
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
@@ -294,6 +297,7 @@ async def subscribe(
         max_deliver,
         backoff or Backoff(),
         on_outcome=on_outcome,
+        slots=slots,
     )
     sub._task = asyncio.create_task(sub._run(config), name=f"consumer-{durable}")
     return sub
