@@ -36,8 +36,12 @@ use crate::error::{invalid, Result};
 /// Packets in the transit window (2 s of 20 ms packets).
 pub const WINDOW: usize = 100;
 const QUANTILE: f64 = 0.97;
-/// Blocks of the drift estimator (each `WINDOW / 2` packets).
+/// Blocks of the drift estimator (each `DRIFT_BLOCK` packets).
 const DRIFT_BLOCKS: usize = 8;
+const DRIFT_BLOCK: usize = 25;
+/// Frames an underrun may hold the cursor (wait for a late packet, growing the delay) before the
+/// timeline moves on and the missing packet becomes lost.
+const MAX_STALL: u64 = 2;
 
 /// Configuration.
 #[derive(Debug, Clone, Copy)]
@@ -211,8 +215,10 @@ pub struct JitterBuffer {
     ep_under: u64,
     ep_quiet: u64,
     ep_late: u64,
+    ep_stall: u64,
     // delay estimation
     transits: [f64; WINDOW],
+    arrivals: [f64; WINDOW],
     n_transits: usize,
     target_at: usize,
     scratch: Vec<f64>,
@@ -275,7 +281,9 @@ impl JitterBuffer {
             ep_under: 0,
             ep_quiet: 0,
             ep_late: 0,
+            ep_stall: 0,
             transits: [0.0; WINDOW],
+            arrivals: [0.0; WINDOW],
             n_transits: 0,
             target_at: 0,
             scratch: Vec::with_capacity(WINDOW),
@@ -615,6 +623,7 @@ impl JitterBuffer {
 
     fn add_transit(&mut self, transit: f64, arrival_ms: f64) {
         self.transits[self.n_transits % WINDOW] = transit;
+        self.arrivals[self.n_transits % WINDOW] = arrival_ms;
         self.n_transits += 1;
         // Drift: the minimum transit of each block of packets, and its slope over the blocks.
         if transit < self.block_min {
@@ -622,7 +631,7 @@ impl JitterBuffer {
             self.block_t = arrival_ms;
         }
         self.block_n += 1;
-        if self.block_n >= WINDOW / 2 {
+        if self.block_n >= DRIFT_BLOCK {
             self.blocks[self.n_blocks % DRIFT_BLOCKS] = (self.block_t, self.block_min);
             self.n_blocks += 1;
             self.block_n = 0;
@@ -656,7 +665,10 @@ impl JitterBuffer {
             return;
         }
         self.scratch.clear();
-        self.scratch.extend_from_slice(&self.transits[..n]);
+        // Transits projected to the newest arrival along the clock drift, so a drifting sender
+        // does not leave a stale minimum behind (which would hide a draining buffer).
+        let (t_ref, d) = (self.last_arrival, self.drift);
+        self.scratch.extend(self.transits[..n].iter().zip(&self.arrivals[..n]).map(|(&v, &a)| v - d * (t_ref - a)));
         let base = self.scratch.iter().copied().fold(f64::INFINITY, f64::min);
         self.base_transit = base;
         if n < 16 {
@@ -711,6 +723,7 @@ impl JitterBuffer {
     }
 
     fn end_episode(&mut self) {
+        self.ep_stall = 0;
         self.ep_under = 0;
         self.ep_quiet = 0;
         self.ep_late = 0;
@@ -762,12 +775,21 @@ impl JitterBuffer {
         let Some(idx) = self.find_next_buffered() else {
             // Nothing to play. Packets still arriving: an underrun (conceal). None arriving: the
             // sender paused (DTX without packets, hold): silence. The timeline moves on either way.
-            self.p += self.frame_ts as i64;
             if self.alive(now_ms) {
                 self.stats.underruns += 1;
+                if self.stretch && self.ep_stall < MAX_STALL && self.stats.played > 0 && self.late_spread(now_ms) > 0 {
+                    // Packets have been arriving late: hold the cursor, this one is probably late
+                    // too, and playing it when it comes costs a frame of delay (which the leg then
+                    // removes) instead of a loss. Without recent lateness a gap is more likely a
+                    // loss, and holding would only add delay.
+                    self.ep_stall += 1;
+                    return Playout::Conceal { samples: self.frame_ts, lost: false };
+                }
+                self.p += self.frame_ts as i64;
                 self.ep_under += 1;
                 return Playout::Conceal { samples: self.frame_ts, lost: false };
             }
+            self.p += self.frame_ts as i64;
             self.stats.dtx_frames += 1;
             self.ep_quiet += 1;
             return Playout::Silence { samples: self.frame_ts };
@@ -782,6 +804,11 @@ impl JitterBuffer {
             if gap >= plc_unit {
                 // DTX / silence gap before this packet (shortened when the delay is too long).
                 let unit = gap.min(self.frame_ts as i64);
+                // The buffer ran dry because the sender paused (DTX), not because packets were
+                // late: those frames were silence, not underruns.
+                self.stats.underruns -= self.ep_under;
+                self.stats.dtx_frames += self.ep_under;
+                self.ep_under = 0;
                 if too_long && gap > unit {
                     self.p += unit;
                     self.stats.accelerated += 1;
