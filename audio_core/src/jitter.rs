@@ -800,15 +800,16 @@ impl JitterBuffer {
         };
         let plc_unit = (self.cfg.clock_rate / 400) as i64; // 2.5 ms
         if seq == self.next_seq {
+            // No packet is missing, yet the timeline moved on while the buffer was empty: the
+            // sender paused (DTX). Those frames were silence, not underruns.
+            self.stats.underruns -= self.ep_under;
+            self.stats.dtx_frames += self.ep_under;
+            self.ep_quiet += self.ep_under;
+            self.ep_under = 0;
             let gap = ts - self.p;
             if gap >= plc_unit {
                 // DTX / silence gap before this packet (shortened when the delay is too long).
                 let unit = gap.min(self.frame_ts as i64);
-                // The buffer ran dry because the sender paused (DTX), not because packets were
-                // late: those frames were silence, not underruns.
-                self.stats.underruns -= self.ep_under;
-                self.stats.dtx_frames += self.ep_under;
-                self.ep_under = 0;
                 if too_long && gap > unit {
                     self.p += unit;
                     self.stats.accelerated += 1;

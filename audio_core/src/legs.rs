@@ -316,8 +316,15 @@ impl InboundLeg {
             }
             Some(_) => {}
             None => {
+                // Before locking: static payload types belong to their codecs (0 PCMU, 8 PCMA,
+                // 13 comfort noise...), Opus is always dynamic (96-127), and a dynamic type
+                // carrying what looks like telephone-events is not audio.
                 let default = self.cfg.codec.default_payload_type();
-                if p.payload_type != default && Self::looks_like_telephone_event(p.payload_type, p.payload) {
+                let plausible = match self.cfg.codec {
+                    Codec::Opus => (96..=127).contains(&p.payload_type),
+                    _ => p.payload_type == default,
+                };
+                if !plausible || (p.payload_type != default && Self::looks_like_telephone_event(p.payload_type, p.payload)) {
                     self.leg_stats.unknown_payload_type += 1;
                     self.ignored += 1;
                     return Ok(LegInsert::Ignored);
