@@ -30,7 +30,7 @@ from services.control.common import (
 from services.control.errors import ApiError, failed_precondition, invalid, not_found
 from services.control.state import ControlState
 from services.shared.call_slots import CallSlots
-from services.shared.events import new_event
+from services.shared.events import call_event_id, new_event
 from services.shared.grpc_server import Context
 from voice.v1 import agent_session_pb2, calls_pb2, calls_pb2_grpc, common_pb2, events_pb2
 
@@ -67,7 +67,7 @@ def to_proto(row: asyncpg.Record) -> calls_pb2.Call:
     call = calls_pb2.Call(
         id=str(row["id"]),
         tenant_id=str(row["tenant_id"]),
-        agent_id=str(row["agent_id"]),
+        agent_id=str(row["agent_id"]) if row["agent_id"] else "",
         direction=_DIRECTION_ENUM.get(row["direction"], common_pb2.CALL_DIRECTION_UNSPECIFIED),
         status=_STATUS_ENUM.get(row["status"], common_pb2.CALL_STATUS_UNSPECIFIED),
         from_number=row["from_number"] or "",
@@ -127,6 +127,7 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             until = from_timestamp(request.end_time) if request.HasField("end_time") else None
         except (ValueError, OverflowError):
             raise invalid("start_time", "is not a valid time") from None
+        check_text(request.query, "query", max_len=500)
         rows = await self._s.pool.fetch(
             """SELECT * FROM calls
                WHERE tenant_id = $1
@@ -135,6 +136,9 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
                  AND ($5::timestamptz IS NULL OR created_at >= $5)
                  AND ($6::timestamptz IS NULL OR created_at < $6)
                  AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+                 AND ($10::text IS NULL OR EXISTS (
+                       SELECT 1 FROM transcripts t WHERE t.call_id = calls.id
+                         AND t.search @@ websearch_to_tsquery('english', $10)))
                ORDER BY created_at DESC, id DESC LIMIT $9""",
             uuid.UUID(p.tenant_id),
             status,
@@ -145,6 +149,7 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             pg.after[0] if pg.after else None,
             pg.after[1] if pg.after else None,
             pg.size + 1,
+            request.query or None,
         )
         return calls_pb2.ListCallsResponse(
             calls=[to_proto(r) for r in rows[: pg.size]], next_page_token=next_token(rows, pg.size)
@@ -285,7 +290,7 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
         p = self._s.principal(context, Permission.READ)
         row = await self._call(uuid.UUID(p.tenant_id), request.id)
         turns = await self._s.pool.fetch(
-            "SELECT * FROM transcripts WHERE call_id = $1 ORDER BY turn_number", row["id"]
+            "SELECT * FROM transcripts WHERE call_id = $1 ORDER BY turn_number, started_at, id", row["id"]
         )
         tools = await self._s.pool.fetch(
             "SELECT * FROM tool_calls WHERE call_id = $1 ORDER BY created_at", row["id"]
@@ -296,9 +301,9 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             tool_calls=[_tool_call(t) for t in tools],
         )
 
-    async def _publish(self, tenant_id: str, call_id: str, **payload: Any) -> None:
+    async def _publish(self, tenant_id: str, call_id: str, *, event_id: str = "", **payload: Any) -> None:
         bus = await self._s.bus()
-        await bus.publish(new_event(tenant_id, call_id, "control", **payload))
+        await bus.publish(new_event(tenant_id, call_id, "control", event_id=event_id, **payload))
 
     async def TransferCall(
         self, request: calls_pb2.TransferCallRequest, context: Context
@@ -358,5 +363,9 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             end_reason=row["end_reason"], direction=_DIRECTION_ENUM[row["direction"]]
         )
         ended.duration.FromSeconds(row["duration_seconds"] or 0)
-        await self._publish(p.tenant_id, str(row["id"]), call_ended=ended)
+        # The same stable id as the bridge's and the agent's report of this call's end: stored once.
+        call_id = str(row["id"])
+        await self._publish(
+            p.tenant_id, call_id, event_id=call_event_id(p.tenant_id, call_id, "call.ended"), call_ended=ended
+        )
         return calls_pb2.HangupCallResponse(call=to_proto(row))

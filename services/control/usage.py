@@ -54,14 +54,16 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             raise invalid("granularity", "hourly usage is limited to periods of 62 days")
         agent_id = parse_ref(request.agent_id, "agent_id") if request.agent_id else None
         tenant_id = uuid.UUID(p.tenant_id)
+        # The worker's hourly roll-up (usage_hourly): kept current with every billed minute.
+        # `calls` counts calls by the hour of their first minute.
         rows = await self._s.pool.fetch(
-            """SELECT date_trunc($4, recorded_at, 'UTC') AS bucket,
+            """SELECT date_trunc($4, hour, 'UTC') AS bucket,
                       COALESCE(SUM(minutes) FILTER (WHERE direction = 'inbound'), 0) AS inbound,
                       COALESCE(SUM(minutes) FILTER (WHERE direction = 'outbound'), 0) AS outbound,
-                      COUNT(DISTINCT call_id) AS calls
-               FROM usage_records
-               WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3
-                 AND ($5::uuid IS NULL OR agent_id = $5)
+                      COALESCE(SUM(calls), 0) AS calls
+               FROM usage_hourly
+               WHERE tenant_id = $1 AND hour >= date_trunc('hour', $2::timestamptz, 'UTC') AND hour < $3
+                 AND ($5::uuid IS NULL OR agent_key = $5)
                GROUP BY bucket ORDER BY bucket""",
             tenant_id,
             start,
@@ -73,15 +75,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             """SELECT COALESCE(SUM(minutes_total - minutes_used), 0) FROM credit_buckets
                WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > NOW())""",
             tenant_id,
-        )
-        calls = await self._s.pool.fetchval(
-            """SELECT COUNT(DISTINCT call_id) FROM usage_records
-               WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3
-                 AND ($4::uuid IS NULL OR agent_id = $4)""",
-            tenant_id,
-            start,
-            end,
-            agent_id,
         )
         buckets = [
             usage_pb2.UsageBucket(
@@ -100,7 +93,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             inbound_minutes=inbound,
             outbound_minutes=outbound,
             total_minutes=inbound + outbound,
-            calls=calls,
+            calls=sum(b.calls for b in buckets),
             buckets=buckets,
             credit_minutes_remaining=float(credit),
         )

@@ -21,6 +21,7 @@ from services.control.common import (
 )
 from services.control.errors import invalid, not_found
 from services.control.state import ControlState
+from services.control.webhook_deliveries import list_deliveries, redeliver
 from services.shared.events import EVENT_TYPES
 from services.shared.grpc_server import Context
 from voice.v1 import webhooks_pb2, webhooks_pb2_grpc
@@ -166,3 +167,16 @@ class WebhookServicer(webhooks_pb2_grpc.WebhookServiceServicer):
         if deleted is None:
             raise not_found("webhook")
         return webhooks_pb2.DeleteWebhookResponse()
+
+    async def ListWebhookDeliveries(
+        self, request: webhooks_pb2.ListWebhookDeliveriesRequest, context: Context
+    ) -> webhooks_pb2.ListWebhookDeliveriesResponse:
+        p = self._s.principal(context, Permission.READ)
+        return await list_deliveries(self._s.pool, uuid.UUID(p.tenant_id), request)
+
+    async def RedeliverWebhookDelivery(
+        self, request: webhooks_pb2.RedeliverWebhookDeliveryRequest, context: Context
+    ) -> webhooks_pb2.RedeliverWebhookDeliveryResponse:
+        p = self._s.principal(context, Permission.WRITE)
+        attempts = self._s.settings.worker_service.retry.max_retries or 1
+        return await redeliver(self._s.pool, uuid.UUID(p.tenant_id), request, attempts)

@@ -146,7 +146,7 @@ class Subscription:
                 self.stats.last_fetch = time.monotonic()
                 try:
                     msgs = await psub.fetch(batch=self.concurrency, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch within the second
                     failures = 0
                     continue
                 failures = 0

@@ -71,9 +71,9 @@ async def enqueue(conn: Conn, event: events_pb2.Event, max_attempts: int) -> int
     rows = await conn.fetch(
         """INSERT INTO webhook_deliveries (tenant_id, webhook_id, event_id, event_type, call_id, body,
                                            attempts_limit)
-           SELECT $1, w.id, $2, $3, $4, $5, $6 FROM webhooks w
+           SELECT $1, w.id, $2, $3::text, $4, $5, $6 FROM webhooks w
            WHERE w.tenant_id = $1 AND w.active
-             AND (cardinality(w.events) = 0 OR $3 = ANY(w.events) OR '*' = ANY(w.events))
+             AND (cardinality(w.events) = 0 OR $3::text = ANY(w.events) OR '*' = ANY(w.events))
            ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING id""",
         tenant,
         event.event_id,
@@ -303,9 +303,11 @@ class WebhookDeliverer:
     ) -> None:
         now = datetime.now(UTC)
         await self._pool.execute(
-            """UPDATE webhook_deliveries SET status = $2, attempts = COALESCE($3, attempts),
+            """UPDATE webhook_deliveries SET status = $2::varchar, attempts = COALESCE($3, attempts),
                       next_attempt_at = $4, last_status_code = COALESCE($5, last_status_code),
-                      last_error = $6, delivered_at = CASE WHEN $2 = 'delivered' THEN $7 END, updated_at = $7
+                      last_error = $6,
+                      delivered_at = CASE WHEN $2::varchar = 'delivered' THEN $7::timestamptz END,
+                      updated_at = $7
                WHERE id = $1""",
             due.id,
             status,

@@ -202,6 +202,13 @@ async def _connected_call(cp: ControlPlane, tenant_id: str, agent_id: str) -> st
             call_id,
             uuid.UUID(agent_id),
         )
+        # GetUsage reads the worker's hourly roll-up (the worker's own tests produce it from events).
+        await conn.execute(
+            """INSERT INTO usage_hourly (tenant_id, agent_key, direction, hour, minutes, calls)
+               VALUES ($1, $2, 'inbound', date_trunc('hour', NOW(), 'UTC'), 3.5, 1)""",
+            uuid.UUID(tenant_id),
+            uuid.UUID(agent_id),
+        )
     return str(call_id)
 
 

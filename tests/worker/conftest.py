@@ -42,6 +42,7 @@ def worker_settings(cp: ControlPlane, nats: PrivateNats, spool: Path) -> Setting
             "max_deliver": 3,
             "retry": base.worker_service.retry.model_copy(update={"backoff_base": 0.02, "backoff_max": 0.1}),
             "webhook_timeout_seconds": 2.0,
+            "webhook_breaker_open_seconds": 0.3,
         }
     )
     events = base.events.model_copy(update={"spool_dir": str(spool), "publish_timeout_seconds": 1.0})

@@ -194,11 +194,14 @@ class ListCallsRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     status: _common_pb2.CallStatus.ValueType
     direction: _common_pb2.CallDirection.ValueType
     agent_id: _builtins.str
+    query: _builtins.str
+    """Full-text search in the calls' transcripts (web search syntax: words, "a phrase", -not, or)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -213,10 +216,11 @@ class ListCallsRequest(_message.Message):
         agent_id: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        query: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "direction", b"direction", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "direction", b"direction", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

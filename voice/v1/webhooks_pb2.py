@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17voice/v1/webhooks.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x07Webhook\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListWebhooksResponse\x12#\n\x08webhooks\x18\x01 \x03(\x0b\x32\x11.voice.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x14\x43reateWebhookRequest\x12(\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.WebhookB\x04\xe2\x41\x01\x02\"S\n\x15\x43reateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"%\n\x11GetWebhookRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x12GetWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\"q\n\x14UpdateWebhookRequest\x12(\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.WebhookB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x15UpdateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\"(\n\x14\x44\x65leteWebhookRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteWebhookResponse2\xb5\x04\n\x0eWebhookService\x12\x63\n\x0cListWebhooks\x12\x1d.voice.v1.ListWebhooksRequest\x1a\x1e.voice.v1.ListWebhooksResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12o\n\rCreateWebhook\x12\x1e.voice.v1.CreateWebhookRequest\x1a\x1f.voice.v1.CreateWebhookResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/webhooks:\x07webhook\x12\x62\n\nGetWebhook\x12\x1b.voice.v1.GetWebhookRequest\x1a\x1c.voice.v1.GetWebhookResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/webhooks/{id}\x12|\n\rUpdateWebhook\x12\x1e.voice.v1.UpdateWebhookRequest\x1a\x1f.voice.v1.UpdateWebhookResponse\"*\x82\xd3\xe4\x93\x02$2\x19/v1/webhooks/{webhook.id}:\x07webhook\x12k\n\rDeleteWebhook\x12\x1e.voice.v1.DeleteWebhookRequest\x1a\x1f.voice.v1.DeleteWebhookResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/webhooks/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17voice/v1/webhooks.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x07Webhook\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x11\n\x03url\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06\x65vents\x18\x04 \x03(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"<\n\x13ListWebhooksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListWebhooksResponse\x12#\n\x08webhooks\x18\x01 \x03(\x0b\x32\x11.voice.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"@\n\x14\x43reateWebhookRequest\x12(\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.WebhookB\x04\xe2\x41\x01\x02\"S\n\x15\x43reateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"%\n\x11GetWebhookRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x12GetWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\"q\n\x14UpdateWebhookRequest\x12(\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.WebhookB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\";\n\x15UpdateWebhookResponse\x12\"\n\x07webhook\x18\x01 \x01(\x0b\x32\x11.voice.v1.Webhook\"(\n\x14\x44\x65leteWebhookRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x17\n\x15\x44\x65leteWebhookResponse\"\x9b\x01\n\x0eWebhookAttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x03\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x05 \x01(\t\x12/\n\x06status\x18\x06 \x01(\x0e\x32\x1f.voice.v1.WebhookDeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_status_code\x18\t \x01(\x05\x12\x12\n\nlast_error\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65liver_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0b\x61ttempt_log\x18\r \x03(\x0b\x32\x18.voice.v1.WebhookAttempt\"\x90\x01\n\x1cListWebhookDeliveriesRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.voice.v1.WebhookDeliveryStatus\"g\n\x1dListWebhookDeliveriesResponse\x12-\n\ndeliveries\x18\x01 \x03(\x0b\x32\x19.voice.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"M\n\x1fRedeliverWebhookDeliveryRequest\x12\x18\n\nwebhook_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x02id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"O\n RedeliverWebhookDeliveryResponse\x12+\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x19.voice.v1.WebhookDelivery*\xae\x01\n\x15WebhookDeliveryStatus\x12\'\n#WEBHOOK_DELIVERY_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fWEBHOOK_DELIVERY_STATUS_PENDING\x10\x01\x12%\n!WEBHOOK_DELIVERY_STATUS_DELIVERED\x10\x02\x12 \n\x1cWEBHOOK_DELIVERY_STATUS_DEAD\x10\x03\x32\x82\x07\n\x0eWebhookService\x12\x63\n\x0cListWebhooks\x12\x1d.voice.v1.ListWebhooksRequest\x1a\x1e.voice.v1.ListWebhooksResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/webhooks\x12o\n\rCreateWebhook\x12\x1e.voice.v1.CreateWebhookRequest\x1a\x1f.voice.v1.CreateWebhookResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/webhooks:\x07webhook\x12\x62\n\nGetWebhook\x12\x1b.voice.v1.GetWebhookRequest\x1a\x1c.voice.v1.GetWebhookResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/webhooks/{id}\x12|\n\rUpdateWebhook\x12\x1e.voice.v1.UpdateWebhookRequest\x1a\x1f.voice.v1.UpdateWebhookResponse\"*\x82\xd3\xe4\x93\x02$2\x19/v1/webhooks/{webhook.id}:\x07webhook\x12k\n\rDeleteWebhook\x12\x1e.voice.v1.DeleteWebhookRequest\x1a\x1f.voice.v1.DeleteWebhookResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/webhooks/{id}\x12\x96\x01\n\x15ListWebhookDeliveries\x12&.voice.v1.ListWebhookDeliveriesRequest\x1a\'.voice.v1.ListWebhookDeliveriesResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/webhooks/{webhook_id}/deliveries\x12\xb1\x01\n\x18RedeliverWebhookDelivery\x12).voice.v1.RedeliverWebhookDeliveryRequest\x1a*.voice.v1.RedeliverWebhookDeliveryResponse\">\x82\xd3\xe4\x93\x02\x38\"3/v1/webhooks/{webhook_id}/deliveries/{id}:redeliver:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +52,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEWEBHOOKREQUEST'].fields_by_name['webhook']._serialized_options = b'\342A\001\002'
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_DELETEWEBHOOKREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['webhook_id']._loaded_options = None
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST'].fields_by_name['webhook_id']._serialized_options = b'\342A\001\002'
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['webhook_id']._loaded_options = None
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['webhook_id']._serialized_options = b'\342A\001\002'
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhooks']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhooks']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/webhooks'
   _globals['_WEBHOOKSERVICE'].methods_by_name['CreateWebhook']._loaded_options = None
@@ -61,28 +68,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBHOOKSERVICE'].methods_by_name['UpdateWebhook']._serialized_options = b'\202\323\344\223\002$2\031/v1/webhooks/{webhook.id}:\007webhook'
   _globals['_WEBHOOKSERVICE'].methods_by_name['DeleteWebhook']._loaded_options = None
   _globals['_WEBHOOKSERVICE'].methods_by_name['DeleteWebhook']._serialized_options = b'\202\323\344\223\002\023*\021/v1/webhooks/{id}'
-  _globals['_WEBHOOK']._serialized_start=168
-  _globals['_WEBHOOK']._serialized_end=347
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=349
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=409
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=411
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=495
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=497
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=561
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=563
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=646
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=648
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=685
-  _globals['_GETWEBHOOKRESPONSE']._serialized_start=687
-  _globals['_GETWEBHOOKRESPONSE']._serialized_end=743
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=745
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=858
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=860
-  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=919
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=921
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=961
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=963
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=986
-  _globals['_WEBHOOKSERVICE']._serialized_start=989
-  _globals['_WEBHOOKSERVICE']._serialized_end=1554
+  _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhookDeliveries']._loaded_options = None
+  _globals['_WEBHOOKSERVICE'].methods_by_name['ListWebhookDeliveries']._serialized_options = b'\202\323\344\223\002&\022$/v1/webhooks/{webhook_id}/deliveries'
+  _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhookDelivery']._loaded_options = None
+  _globals['_WEBHOOKSERVICE'].methods_by_name['RedeliverWebhookDelivery']._serialized_options = b'\202\323\344\223\0028\"3/v1/webhooks/{webhook_id}/deliveries/{id}:redeliver:\001*'
+  _globals['_WEBHOOKDELIVERYSTATUS']._serialized_start=2012
+  _globals['_WEBHOOKDELIVERYSTATUS']._serialized_end=2186
+  _globals['_WEBHOOK']._serialized_start=200
+  _globals['_WEBHOOK']._serialized_end=379
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=381
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=441
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=443
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=527
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=529
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=593
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=595
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=678
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=680
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=717
+  _globals['_GETWEBHOOKRESPONSE']._serialized_start=719
+  _globals['_GETWEBHOOKRESPONSE']._serialized_end=775
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=777
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=890
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_start=892
+  _globals['_UPDATEWEBHOOKRESPONSE']._serialized_end=951
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=953
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=993
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=995
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1018
+  _globals['_WEBHOOKATTEMPT']._serialized_start=1021
+  _globals['_WEBHOOKATTEMPT']._serialized_end=1176
+  _globals['_WEBHOOKDELIVERY']._serialized_start=1179
+  _globals['_WEBHOOKDELIVERY']._serialized_end=1597
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=1600
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=1744
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=1746
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=1849
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_start=1851
+  _globals['_REDELIVERWEBHOOKDELIVERYREQUEST']._serialized_end=1928
+  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_start=1930
+  _globals['_REDELIVERWEBHOOKDELIVERYRESPONSE']._serialized_end=2009
+  _globals['_WEBHOOKSERVICE']._serialized_start=2189
+  _globals['_WEBHOOKSERVICE']._serialized_end=3087
 # @@protoc_insertion_point(module_scope)

@@ -5,10 +5,12 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,29 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WebhookDeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookDeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookDeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: _WebhookDeliveryStatus.ValueType  # 0
+    WEBHOOK_DELIVERY_STATUS_PENDING: _WebhookDeliveryStatus.ValueType  # 1
+    """Waiting for its next attempt."""
+    WEBHOOK_DELIVERY_STATUS_DELIVERED: _WebhookDeliveryStatus.ValueType  # 2
+    WEBHOOK_DELIVERY_STATUS_DEAD: _WebhookDeliveryStatus.ValueType  # 3
+    """Every attempt failed (or the endpoint was disabled); RedeliverWebhookDelivery revives it."""
+
+class WebhookDeliveryStatus(_WebhookDeliveryStatus, metaclass=_WebhookDeliveryStatusEnumTypeWrapper): ...
+
+WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: WebhookDeliveryStatus.ValueType  # 0
+WEBHOOK_DELIVERY_STATUS_PENDING: WebhookDeliveryStatus.ValueType  # 1
+"""Waiting for its next attempt."""
+WEBHOOK_DELIVERY_STATUS_DELIVERED: WebhookDeliveryStatus.ValueType  # 2
+WEBHOOK_DELIVERY_STATUS_DEAD: WebhookDeliveryStatus.ValueType  # 3
+"""Every attempt failed (or the endpoint was disabled); RedeliverWebhookDelivery revives it."""
+Global___WebhookDeliveryStatus: _TypeAlias = WebhookDeliveryStatus  # noqa: Y015
 
 @_typing.final
 class Webhook(_message.Message):
@@ -267,3 +292,194 @@ class DeleteWebhookResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
+
+@_typing.final
+class WebhookAttempt(_message.Message):
+    """One POST of a delivery to the endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    status_code: _builtins.int
+    """HTTP status; 0 when no answer came (connection refused, timeout)."""
+    error: _builtins.str
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "latency", b"latency", "status_code", b"status_code", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event sent to one endpoint (signed; retried with backoff until delivered or dead)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DELIVER_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_LOG_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    webhook_id: _builtins.str
+    event_id: _builtins.str
+    event_type: _builtins.str
+    call_id: _builtins.str
+    status: Global___WebhookDeliveryStatus.ValueType
+    attempts: _builtins.int
+    last_status_code: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deliver_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def attempt_log(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookAttempt]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        status: Global___WebhookDeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        deliver_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt_log: _abc.Iterable[Global___WebhookAttempt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deliver_time", b"deliver_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_log", b"attempt_log", "attempts", b"attempts", "call_id", b"call_id", "create_time", b"create_time", "deliver_time", b"deliver_time", "event_id", b"event_id", "event_type", b"event_type", "id", b"id", "last_error", b"last_error", "last_status_code", b"last_status_code", "next_attempt_time", b"next_attempt_time", "status", b"status", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    page_size: _builtins.int
+    page_token: _builtins.str
+    status: Global___WebhookDeliveryStatus.ValueType
+    """Only deliveries in this status (all when unspecified)."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: Global___WebhookDeliveryStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "status", b"status", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhookDeliveryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverWebhookDeliveryRequest: _TypeAlias = RedeliverWebhookDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhookDeliveryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___WebhookDelivery: ...
+    def __init__(
+        self,
+        *,
+        delivery: Global___WebhookDelivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverWebhookDeliveryResponse: _TypeAlias = RedeliverWebhookDeliveryResponse  # noqa: Y015

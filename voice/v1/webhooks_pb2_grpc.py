@@ -60,6 +60,16 @@ class WebhookServiceStub:
                 request_serializer=voice_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.SerializeToString,
                 response_deserializer=voice_dot_v1_dot_webhooks__pb2.DeleteWebhookResponse.FromString,
                 _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/voice.v1.WebhookService/ListWebhookDeliveries',
+                request_serializer=voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RedeliverWebhookDelivery = channel.unary_unary(
+                '/voice.v1.WebhookService/RedeliverWebhookDelivery',
+                request_serializer=voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -97,6 +107,20 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWebhookDeliveries(self, request, context):
+        """The delivery log of an endpoint, newest first, with every attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverWebhookDelivery(self, request, context):
+        """Sends a delivery again (typically a dead one) with a fresh budget of attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +148,16 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.DeleteWebhook,
                     request_deserializer=voice_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.FromString,
                     response_serializer=voice_dot_v1_dot_webhooks__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'RedeliverWebhookDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverWebhookDelivery,
+                    request_deserializer=voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +296,60 @@ class WebhookService:
             '/voice.v1.WebhookService/DeleteWebhook',
             voice_dot_v1_dot_webhooks__pb2.DeleteWebhookRequest.SerializeToString,
             voice_dot_v1_dot_webhooks__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.WebhookService/ListWebhookDeliveries',
+            voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            voice_dot_v1_dot_webhooks__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverWebhookDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.WebhookService/RedeliverWebhookDelivery',
+            voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryRequest.SerializeToString,
+            voice_dot_v1_dot_webhooks__pb2.RedeliverWebhookDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

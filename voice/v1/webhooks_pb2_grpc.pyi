@@ -39,6 +39,10 @@ class WebhookServiceStub:
     GetWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.GetWebhookRequest, _webhooks_pb2.GetWebhookResponse]
     UpdateWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.UpdateWebhookRequest, _webhooks_pb2.UpdateWebhookResponse]
     DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.DeleteWebhookRequest, _webhooks_pb2.DeleteWebhookResponse]
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhookDeliveriesRequest, _webhooks_pb2.ListWebhookDeliveriesResponse]
+    """The delivery log of an endpoint, newest first, with every attempt."""
+    RedeliverWebhookDelivery: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverWebhookDeliveryRequest, _webhooks_pb2.RedeliverWebhookDeliveryResponse]
+    """Sends a delivery again (typically a dead one) with a fresh budget of attempts."""
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -51,6 +55,10 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     GetWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.GetWebhookRequest, _webhooks_pb2.GetWebhookResponse]  # type: ignore[assignment]
     UpdateWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.UpdateWebhookRequest, _webhooks_pb2.UpdateWebhookResponse]  # type: ignore[assignment]
     DeleteWebhook: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.DeleteWebhookRequest, _webhooks_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.ListWebhookDeliveriesRequest, _webhooks_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """The delivery log of an endpoint, newest first, with every attempt."""
+    RedeliverWebhookDelivery: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.RedeliverWebhookDeliveryRequest, _webhooks_pb2.RedeliverWebhookDeliveryResponse]  # type: ignore[assignment]
+    """Sends a delivery again (typically a dead one) with a fresh budget of attempts."""
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """Tenant webhook endpoints that receive platform events (signed with HMAC-SHA256)."""
@@ -90,5 +98,21 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _webhooks_pb2.DeleteWebhookRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_webhooks_pb2.DeleteWebhookResponse, _abc.Awaitable[_webhooks_pb2.DeleteWebhookResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _webhooks_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_webhooks_pb2.ListWebhookDeliveriesResponse]]:
+        """The delivery log of an endpoint, newest first, with every attempt."""
+
+    @_abc_1.abstractmethod
+    def RedeliverWebhookDelivery(
+        self,
+        request: _webhooks_pb2.RedeliverWebhookDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.RedeliverWebhookDeliveryResponse, _abc.Awaitable[_webhooks_pb2.RedeliverWebhookDeliveryResponse]]:
+        """Sends a delivery again (typically a dead one) with a fresh budget of attempts."""
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
