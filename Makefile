@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 export PATH := $(CURDIR)/$(BIN):$(HOME)/.cargo/bin:$(PATH)
+# The make targets are development tooling: they say so. Deployments set ENVIRONMENT themselves (the
+# code has no default and refuses to start without it; staging/production also need their secrets).
+export ENVIRONMENT ?= development
 
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
@@ -105,8 +108,8 @@ migrate: services ## apply pending control-plane migrations (forward-only, idemp
 gateway: migrate ## run the REST gateway on api_gateway.port (8000); needs the control plane (make up)
 	@$(PY) -m gateway
 
-bootstrap: migrate ## first tenant + platform-admin API key on a fresh install (TENANT="Name")
-	@$(PY) -m gateway.bootstrap --tenant "$${TENANT:-Default}"
+bootstrap: migrate ## the operator's tenant + platform-admin API key on a fresh install (TENANT="Name")
+	@$(PY) -m services.control.bootstrap --tenant "$${TENANT:-Operator}"
 
 bench-gateway: services ## GET /v1/agents/{id} via the gateway (vegeta) vs GetAgent via ghz; prints JSON
 	@$(PY) -m benchmarks.gateway.bench

@@ -6,6 +6,7 @@ import sys
 
 import uvicorn
 
+from services.shared.deployment import check_deployment
 from services.shared.logging import configure_logging
 from services.shared.settings import SettingsError, load_settings
 
@@ -13,6 +14,7 @@ from services.shared.settings import SettingsError, load_settings
 def main() -> None:
     try:
         settings = load_settings()
+        check_deployment(settings)
     except SettingsError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -24,7 +24,6 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.auth import Authenticator, AuthError
 from gateway.docs import DOCS_HTML
 from gateway.openapi import build_openapi
 from gateway.ratelimit import RateLimiter, RateLimitResult
@@ -42,6 +41,7 @@ from gateway.transcode import (
     rpc_error_body,
 )
 from services.control.auth import RESERVED_PREFIX, InternalAuth, Principal, internal_auth, resolve_secret
+from services.control.authn import AuthError, CredentialVerifier
 from services.control.state import blocking_redis
 from services.shared.dependency_health import check_all
 from services.shared.grpc_channels import open_channel
@@ -117,7 +117,7 @@ class Gateway:
         self._channel: grpc.aio.Channel | None = None
         self._pool: asyncpg.Pool | None = None
         self._redis: aioredis.Redis | None = None
-        self._auth: Authenticator | None = None
+        self._auth: CredentialVerifier | None = None
         self._limiter: RateLimiter | None = None
         self._calls: dict[str, Any] = {}
 
@@ -136,7 +136,7 @@ class Gateway:
             self.settings.database_url, min_size=1, max_size=self.cfg.database_pool_size, command_timeout=10
         )
         self._redis = blocking_redis(self.settings)
-        self._auth = Authenticator(self._pool, self.jwt_secret, self.cfg.auth_cache_seconds)
+        self._auth = CredentialVerifier(self._pool, self.jwt_secret, self.cfg.auth_cache_seconds)
         self._limiter = RateLimiter(
             self._redis, self.cfg.rate_limiting.default_limit, self.cfg.rate_limiting.burst_limit
         )
@@ -318,13 +318,34 @@ class Gateway:
                 return b"".join(chunks)
 
     async def _authenticate(self, request: Request) -> Principal:
-        assert self._auth is not None
+        """The caller's principal. A credential known valid from the cache costs no I/O; any other goes
+        through the failed-authentication limit of its client address first, so a flood of missing or
+        random credentials is answered 429 without database work."""
+        assert self._auth is not None and self._limiter is not None
+        api_key = request.headers.get(self.cfg.authentication.api_key_header.lower())
+        authorization = request.headers.get("authorization")
         try:
-            return await self._auth.authenticate(
-                request.headers.get(self.cfg.authentication.api_key_header.lower()),
-                request.headers.get("authorization"),
+            cached = self._auth.cached(api_key, authorization)
+        except AuthError:
+            cached = None
+        if cached is not None:
+            return cached
+        address = request.client_ip or "unknown"
+        limit = self.cfg.rate_limiting.failed_auth_limit
+        retry_after = await self._limiter.failures_blocked(address, limit)
+        if retry_after:
+            raise HttpError(
+                429,
+                error_body(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many requests with missing or invalid credentials from this address",
+                ),
+                {"Retry-After": str(retry_after)},
             )
+        try:
+            return await self._auth.authenticate(api_key, authorization)
         except AuthError as exc:
+            await self._limiter.record_failure(address)
             raise HttpError(
                 401,
                 error_body(grpc.StatusCode.UNAUTHENTICATED, str(exc)),
@@ -534,8 +555,15 @@ class Gateway:
     async def _audit(
         self, request: Request, route: Route, principal: Principal | None, status: int, grpc_code: str
     ) -> None:
-        """One audit_log row per mutating call, including refused ones (who tried what)."""
+        """One audit_log row per authenticated mutating call, including refused ones (who tried what).
+        Unauthenticated attempts are logged, not written: a flood of them must cost no database writes."""
         if self._pool is None:
+            return
+        if principal is None:
+            log.info(
+                "unauthenticated mutating request",
+                extra={"data": {"path": request.path[:256], "status": status, "client": request.client_ip}},
+            )
             return
         try:
             await self._pool.execute(

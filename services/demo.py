@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,9 @@ async def start_tts() -> None:
         raise RuntimeError("scripts/tts.sh triton-up failed (see its output above)")
 
 
-async def place_call(settings: Settings, platform: Platform, tenant_id: str, agent_id: str) -> bool:
+async def place_call(
+    settings: Settings, platform: Platform, tenant_id: str, agent_id: str, api_key: str
+) -> bool:
     print("\nCalling Dr. Smith's clinic (the demo agent) with the softphone; the caller says:")
     for line in DEMO_LINES:
         print(f"  - {line}")
@@ -51,7 +54,14 @@ async def place_call(settings: Settings, platform: Platform, tenant_id: str, age
     tts = TritonTextToSpeech(settings.agent_service.tts)
     try:
         caller = ScriptedCaller(
-            platform.address("agent"), tts, tenant_id=tenant_id, agent_id=agent_id, on_event=print
+            platform.address("agent"),
+            tts,
+            tenant_id=tenant_id,
+            agent_id=agent_id,
+            on_event=print,
+            # Calls as the tenant: its API key on Converse (client certificate, counted call slot).
+            settings=settings,
+            metadata=(("x-api-key", api_key),),
         )
         record = await caller.call(CallScript(lines=DEMO_LINES))
     finally:
@@ -110,6 +120,8 @@ async def main(argv: list[str]) -> int:
         stopped = stop_detached()
         print("stopped:", ", ".join(stopped) if stopped else "nothing was running")
         return 0
+    # The demo is a development deployment on this machine, said explicitly (its servers inherit it).
+    os.environ.setdefault("ENVIRONMENT", "development")
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -129,7 +141,7 @@ async def main(argv: list[str]) -> int:
             print(f"\nDemo agent {verb} through the REST gateway (PUT/POST {gateway}/v1/agents):")
             print(f"  tenant {seeded.tenant_id}, agent {seeded.agent_id}; the agent service reads it from")
             print("  the control plane (GetAgent) when the call starts.")
-            ok &= await place_call(settings, platform, seeded.tenant_id, seeded.agent_id)
+            ok &= await place_call(settings, platform, seeded.tenant_id, seeded.agent_id, seeded.api_key)
     finally:
         if args.up:
             print("\nServers left running (logs in .var/run/); stop them with: make down")

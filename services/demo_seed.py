@@ -12,9 +12,9 @@ import asyncpg
 import httpx
 from google.protobuf.json_format import MessageToDict
 
-from gateway.bootstrap import bootstrap
 from services.agent.demo_agent import demo_agent
 from services.control.api_keys import insert_api_key
+from services.control.bootstrap import bootstrap
 from services.shared.settings import Settings
 
 DEMO_TENANT_NAME = "Dr. Smith's clinic (demo)"
@@ -25,6 +25,8 @@ class SeededAgent:
     tenant_id: str
     agent_id: str
     created: bool
+    # The demo tenant's API key: the softphone starts its call with it (a tenant credential on gRPC).
+    api_key: str
 
 
 async def demo_api_key(settings: Settings) -> tuple[uuid.UUID, str]:
@@ -65,4 +67,6 @@ async def seed_demo_agent(settings: Settings, gateway_url: str) -> SeededAgent:
             reply = await http.post("/v1/agents", json=body)
         if reply.is_error:
             raise RuntimeError(f"gateway refused the demo agent: {reply.status_code} {reply.text}")
-        return SeededAgent(str(tenant_id), str(reply.json()["agent"]["id"]), created=not existing)
+        return SeededAgent(
+            str(tenant_id), str(reply.json()["agent"]["id"]), created=not existing, api_key=key
+        )

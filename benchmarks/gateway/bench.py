@@ -26,8 +26,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from gateway.bootstrap import bootstrap
 from services.control.auth import InternalAuth, Permission, Principal
+from services.control.bootstrap import bootstrap
 from services.control.migrate import migrate_url
 from services.shared.settings import load_settings
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from google.protobuf.message import DecodeError
 
+from services.agent.admission import AdmissionError, CallAdmission
 from services.agent.demo_agent import demo_agent
 from services.agent.directory import (
     AgentDirectory,
@@ -46,6 +47,10 @@ START_TIMEOUT_S = 10.0
 SessionObserver = Callable[[CallSession], None]
 
 
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+
+
 class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
     def __init__(
         self,
@@ -64,6 +69,8 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         # Called with each session when it ends (transcript archiving, tests inspecting the history).
         self._observer = observer
         self._events = events or NullEventSink()
+        # Who may start a call, and its slot of the tenant's concurrent-call limit (admission.py).
+        self.admission = CallAdmission(settings)
         # (tenant, call id) of the sessions in progress: a second Start for a live call is refused.
         self._live: set[tuple[str, str]] = set()
 
@@ -98,6 +105,14 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
             await context.abort(
                 grpc.StatusCode.ALREADY_EXISTS, f"call {start.call_id!r} already has a session in progress"
             )
+        try:
+            admission = await self.admission.admit(context, start)
+        except AdmissionError as exc:
+            await context.abort(exc.code, exc.message)
+        # The slot is held for as long as the RPC lives, however it ends (abort, cancel, hang-up).
+        holder = asyncio.create_task(self.admission.hold(admission), name=f"slot-{start.call_id}")
+        # (the stubs type the callback as a class, not a callable)
+        context.add_done_callback(lambda _: _cancel(holder))  # type: ignore[arg-type]
         output_rate = self._providers.tts.sample_rate
         try:
             agent = await self._directory.get(start.tenant_id, start.agent_id)
@@ -205,5 +220,6 @@ def build_server(
     servicer = AgentSessionServicer(
         settings, directory=directory, providers=providers, metrics=metrics, observer=observer, events=events
     )
+    server.on_stop.append(servicer.admission.close)
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
     return server

@@ -111,6 +111,10 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 raise invalid("expire_time", "is not a valid time") from None
             if expires_at <= datetime.now(UTC):
                 raise invalid("expire_time", "must be in the future")
+        if p.not_after:
+            # A credential cannot create one that outlives it (a token's, or an expiring key's, bound).
+            bound = datetime.fromtimestamp(p.not_after, UTC)
+            expires_at = bound if expires_at is None else min(expires_at, bound)
         async with self._s.pool.acquire() as conn:
             row, key = await insert_api_key(
                 conn, uuid.UUID(p.tenant_id), request.name, permission, expires_at
@@ -143,6 +147,7 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
         )
         if row is None:
             raise not_found("api_key")
+        self._s.verifier.forget_key(str(row["id"]))
         return api_keys_pb2.RevokeApiKeyResponse(api_key=to_proto(row))
 
     async def CreateAccessToken(
@@ -157,8 +162,18 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 raise ApiError(
                     grpc.StatusCode.PERMISSION_DENIED, "a token cannot exceed the caller's permission"
                 )
-            p = type(p)(p.tenant_id, p.principal, wanted, p.platform_admin and wanted == Permission.ADMIN)
+            p = type(p)(
+                p.tenant_id,
+                p.principal,
+                wanted,
+                p.platform_admin and wanted == Permission.ADMIN,
+                p.key_id,
+                p.not_after,
+            )
+        if not p.key_id:
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "tokens are minted with an API key or a token")
         minutes = self._s.settings.api_gateway.authentication.jwt_expiry_minutes
+        # Bound by the key's expiry and by the expiry of the token used to ask (p.not_after).
         token, expires = issue_token(self._jwt_secret, p, minutes)
         response = api_keys_pb2.CreateAccessTokenResponse(access_token=token, token_type="Bearer")
         response.expire_time.FromSeconds(expires)

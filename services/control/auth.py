@@ -1,16 +1,17 @@
 """Who is calling the control plane, and how that claim reaches it unforgeably.
 
-The control plane never takes a tenant from a request field. Its callers (the REST gateway after it
-verified an API key or JWT; internal services such as the agent service) send the authenticated
-context as gRPC metadata, signed with HMAC-SHA256 under a secret shared by the platform's processes
-(`INTERNAL_AUTH_SECRET`):
+The control plane never takes a tenant from a request field. Its callers either present their own
+credential (`x-api-key` or `authorization: Bearer` metadata, verified by services/control/authn.py), or
+are platform services that verified one and assert the resulting context as gRPC metadata:
 
-    x-voice-tenant-id, x-voice-principal, x-voice-permission, x-voice-platform-admin, x-voice-auth-ts,
-    x-voice-auth-sig = hex(HMAC(secret, "v1\\n" + those five values joined by "\\n"))
+    x-voice-tenant-id, x-voice-principal, x-voice-permission, x-voice-platform-admin, x-voice-key-id,
+    x-voice-not-after, x-voice-auth-ts,
+    x-voice-auth-sig = hex(HMAC(secret, "v2\\n" + those seven values joined by "\\n"))
 
-A client cannot spoof it: the gateway forwards only an allow-list of its own headers (never `x-voice-*`)
-and signs what it verified itself; a caller that reaches the gRPC port directly has no secret, and a
-captured header set is only replayable for `internal_auth_max_age_seconds`.
+An asserted context is accepted only from a caller whose mutual-TLS certificate names a platform
+service allowed to assert one (`ASSERTING_SERVICES`): a tenant backend or tool holding the `client`
+certificate, or a replayed header set, gets UNAUTHENTICATED. The HMAC (secret `INTERNAL_AUTH_SECRET`)
+is kept as a second check and is the only one on an explicitly plaintext development deployment.
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ TENANT_KEY = "x-voice-tenant-id"
 PRINCIPAL_KEY = "x-voice-principal"
 PERMISSION_KEY = "x-voice-permission"
 PLATFORM_ADMIN_KEY = "x-voice-platform-admin"
+KEY_ID_KEY = "x-voice-key-id"
+NOT_AFTER_KEY = "x-voice-not-after"
 TIMESTAMP_KEY = "x-voice-auth-ts"
 SIGNATURE_KEY = "x-voice-auth-sig"
 RESERVED_PREFIX = "x-voice-"
 
 SECRETS_DIR = Path(".var/secrets")
+
+# Services whose certificate lets them assert a caller's context (they verified it themselves, or act
+# for the platform: the agent reads a tenant's agent at call start, the bridge and worker likewise).
+ASSERTING_SERVICES = frozenset({"gateway", "agent", "bridge", "worker"})
 
 
 class Permission(enum.IntEnum):
@@ -63,19 +70,24 @@ class Permission(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: its tenant, what it may do, and who it is (for logs and audit)."""
+    """The authenticated caller: its tenant, what it may do, and who it is (for logs and audit).
+    `key_id` is the API key the credential derives from ("" for platform services) and `not_after`
+    the unix time after which it is no longer valid (0: no bound), so that what it mints never
+    outlives it."""
 
     tenant_id: str
     principal: str
     permission: Permission
     platform_admin: bool = False
+    key_id: str = ""
+    not_after: int = 0
 
     def allows(self, needed: Permission) -> bool:
         return self.permission >= needed
 
 
-def _payload(tenant_id: str, principal: str, permission: str, platform_admin: str, ts: str) -> bytes:
-    return "\n".join(("v1", tenant_id, principal, permission, platform_admin, ts)).encode()
+def _payload(*values: str) -> bytes:
+    return "\n".join(("v2", *values)).encode()
 
 
 class InternalAuth:
@@ -93,12 +105,17 @@ class InternalAuth:
     def metadata(self, p: Principal, now: float | None = None) -> list[tuple[str, str]]:
         ts = str(int(time.time() if now is None else now))
         admin = "1" if p.platform_admin else "0"
-        sig = self._sign(_payload(p.tenant_id, p.principal, p.permission.label, admin, ts))
+        not_after = str(p.not_after)
+        sig = self._sign(
+            _payload(p.tenant_id, p.principal, p.permission.label, admin, p.key_id, not_after, ts)
+        )
         return [
             (TENANT_KEY, p.tenant_id),
             (PRINCIPAL_KEY, p.principal),
             (PERMISSION_KEY, p.permission.label),
             (PLATFORM_ADMIN_KEY, admin),
+            (KEY_ID_KEY, p.key_id),
+            (NOT_AFTER_KEY, not_after),
             (TIMESTAMP_KEY, ts),
             (SIGNATURE_KEY, sig),
         ]
@@ -114,21 +131,30 @@ class InternalAuth:
             principal = values[PRINCIPAL_KEY]
             permission = values[PERMISSION_KEY]
             admin = values[PLATFORM_ADMIN_KEY]
+            key_id = values[KEY_ID_KEY]
+            not_after = values[NOT_AFTER_KEY]
             ts = values[TIMESTAMP_KEY]
             sig = values[SIGNATURE_KEY]
         except KeyError:
             raise PermissionError("missing authentication") from None
-        expected = self._sign(_payload(tenant_id, principal, permission, admin, ts))
+        expected = self._sign(_payload(tenant_id, principal, permission, admin, key_id, not_after, ts))
         if not hmac.compare_digest(expected, sig):
             raise PermissionError("invalid authentication signature")
         try:
-            age = (time.time() if now is None else now) - int(ts)
+            current = time.time() if now is None else now
+            age = current - int(ts)
             perm = Permission.parse(permission)
+            bound = int(not_after)
         except ValueError:
             raise PermissionError("malformed authentication") from None
-        if abs(age) > self._max_age:
+        if abs(age) > self._max_age or (bound and bound <= current):
             raise PermissionError("authentication expired")
-        return Principal(tenant_id, principal, perm, admin == "1")
+        return Principal(tenant_id, principal, perm, admin == "1", key_id, bound)
+
+    @staticmethod
+    def asserted(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+        """Whether the metadata carries an asserted (signed) context at all."""
+        return any(key == SIGNATURE_KEY for key, _ in metadata or ())
 
 
 def resolve_secret(settings: Settings, name: str) -> bytes:
@@ -139,8 +165,8 @@ def resolve_secret(settings: Settings, name: str) -> bytes:
     if value is not None:
         secret: bytes = value.get_secret_value().encode()
         return secret
-    if settings.environment in ("staging", "production"):
-        raise SettingsError(f"{name.upper()} must be set in {settings.environment}")
+    if settings.environment not in ("development", "test"):
+        raise SettingsError(f"{name.upper()} must be set in {settings.environment or 'a deployment'}")
     path = SECRETS_DIR / name
     try:
         return path.read_bytes()

@@ -1,10 +1,12 @@
-"""`voice-bootstrap` (python -m gateway.bootstrap): the first tenant and its platform-admin API key on a
-fresh install, so there is a credential to call the API with. Applies pending migrations first.
+"""`voice-bootstrap` (python -m services.control.bootstrap, `make bootstrap`): the operator's tenant
+and its platform-admin API key on a fresh install, so there is a credential to call the API with.
+Applies pending migrations first. Run by the operator only: the key it prints manages every tenant.
 
     voice-bootstrap --tenant "Acme Operations"            # refuses when tenants already exist
-    voice-bootstrap --tenant "Acme" --force               # another tenant + admin key anyway
 
-The key is printed once; only its SHA-256 is stored.
+Customer tenants are then created through the API (`POST /v1/tenants` with the platform-admin key),
+which answers with the new tenant's first tenant-admin key. The key is printed once; only its SHA-256
+is stored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.control.api_keys import insert_api_key
 from services.control.common import Conn
 from services.control.migrate import migrate_url
 from services.control.tenants import create_tenant
+from services.shared.deployment import check_deployment
 from services.shared.settings import SettingsError, load_settings
 from voice.v1 import tenants_pb2
 
@@ -34,7 +37,9 @@ async def bootstrap(
     permission: str = "admin",
     key_name: str = "bootstrap admin key",
 ) -> tuple[uuid.UUID, str, str]:
-    """Creates a tenant and an API key for it in one transaction; returns (tenant id, key id, key)."""
+    """Creates a tenant and an API key for it in one transaction; returns (tenant id, key id, key).
+    The operator's bootstrap makes the key a platform admin; everything else (the API's CreateTenant,
+    the demo, tests) makes tenant-admin keys (`platform_admin=False`)."""
     async with conn.transaction():
         tenant = await create_tenant(conn, tenants_pb2.Tenant(name=tenant_name), trial_minutes)
         row, key = await insert_api_key(
@@ -46,11 +51,14 @@ async def bootstrap(
 async def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="voice-bootstrap", description=__doc__.splitlines()[0])
     parser.add_argument("--tenant", required=True, help="name of the first tenant")
-    parser.add_argument("--force", action="store_true", help="create even if tenants exist")
+    parser.add_argument(
+        "--force", action="store_true", help="create another platform-admin tenant even if tenants exist"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        check_deployment(settings)
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from services.control.auth import internal_auth
 from services.control.calls import CallServicer
 from services.control.errors import ApiError, database_error
 from services.control.numbers import NumberServicer
-from services.control.state import ControlState
+from services.control.state import CALLER, ControlState
 from services.control.system import SystemServicer
 from services.control.tenants import TenantServicer
 from services.control.usage import UsageServicer
@@ -52,6 +52,7 @@ def _guard(method: Method, state: ControlState) -> Method:
     async def guarded(request: Any, context: Context) -> Any:
         try:
             await state.ensure()
+            CALLER.set(await state.authenticate(context))
             return await method(request, context)
         except ApiError as exc:
             await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())

@@ -4,18 +4,24 @@ of the caller's signed tenant context. Built once per server at start (see serve
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
 
-from services.control.auth import InternalAuth, Permission, Principal
+from services.control.auth import InternalAuth, Permission, Principal, resolve_secret
+from services.control.authn import AuthError, CredentialVerifier, grpc_caller
 from services.control.errors import ApiError
 from services.shared.db import create_pool
 from services.shared.events import EventBus
-from services.shared.grpc_server import Context
+from services.shared.grpc_server import Context, caller_identity
 from services.shared.settings import Settings
+
+# The caller of the RPC running in this task (each RPC runs in its own task): set by the server's
+# guard before the handler runs, read by `ControlState.principal`.
+CALLER: contextvars.ContextVar[Principal | AuthError] = contextvars.ContextVar("control_caller")
 
 
 def blocking_redis(settings: Settings) -> aioredis.Redis:
@@ -36,6 +42,7 @@ class ControlState:
     _pool: asyncpg.Pool | None = None
     _redis: aioredis.Redis | None = None
     _bus: EventBus | None = None
+    _verifier: CredentialVerifier | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def ensure(self) -> None:
@@ -44,7 +51,13 @@ class ControlState:
         async with self._lock:
             if self._pool is None:
                 self._redis = blocking_redis(self.settings)
-                self._pool = await create_pool(self.settings)
+                pool = await create_pool(self.settings)
+                self._verifier = CredentialVerifier(
+                    pool,
+                    resolve_secret(self.settings, "jwt_secret"),
+                    self.settings.api_gateway.auth_cache_seconds,
+                )
+                self._pool = pool
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -58,12 +71,30 @@ class ControlState:
             raise RuntimeError("ControlState.ensure() was not awaited")
         return self._redis
 
+    @property
+    def verifier(self) -> CredentialVerifier:
+        if self._verifier is None:
+            raise RuntimeError("ControlState.ensure() was not awaited")
+        return self._verifier
+
+    async def authenticate(self, context: Context) -> Principal | AuthError:
+        """Who calls this RPC (see services/control/authn.py), or why that is not known."""
+        try:
+            return await grpc_caller(
+                context.invocation_metadata(),
+                peer=caller_identity(context),
+                verifier=self.verifier,
+                internal=self.auth,
+            )
+        except AuthError as exc:
+            return exc
+
     def principal(self, context: Context, needed: Permission) -> Principal:
         """The authenticated caller of this RPC; UNAUTHENTICATED / PERMISSION_DENIED otherwise."""
-        try:
-            p = self.auth.verify(context.invocation_metadata())
-        except PermissionError as exc:
-            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+        del context  # authenticated once per RPC by the server's guard (CALLER)
+        p = CALLER.get(AuthError("missing authentication"))
+        if isinstance(p, AuthError):
+            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, str(p))
         if not p.allows(needed):
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,

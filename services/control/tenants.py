@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import grpc
 
+from services.control.api_keys import insert_api_key
 from services.control.auth import Permission, Principal
 from services.control.common import (
     Conn,
@@ -33,6 +34,8 @@ _STATUS = {
 _STATUS_NAME = {v: k for k, v in _STATUS.items()}
 PLANS = ("starter", "pro", "enterprise")
 OUTPUT_ONLY = frozenset({"id", "create_time"})
+# What a tenant admin may not change on its own tenant (status, plan, limits; credits have no update API).
+OPERATOR_ONLY = ("status", "plan", "max_concurrent_calls")
 DEFAULT_MAX_CONCURRENT_CALLS = 10
 
 
@@ -120,7 +123,9 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
         _validate(request.tenant)
         async with self._s.pool.acquire() as conn, conn.transaction():
             row = await create_tenant(conn, request.tenant, self._s.settings.control.trial_credit_minutes)
-        return tenants_pb2.CreateTenantResponse(tenant=to_proto(row))
+            # The tenant's first key: admin of this tenant only (never a platform admin).
+            _, key = await insert_api_key(conn, row["id"], "first admin key", "admin", None)
+        return tenants_pb2.CreateTenantResponse(tenant=to_proto(row), admin_api_key=key)
 
     async def GetTenant(
         self, request: tenants_pb2.GetTenantRequest, context: Context
@@ -139,16 +144,27 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def UpdateTenant(
         self, request: tenants_pb2.UpdateTenantRequest, context: Context
     ) -> tenants_pb2.UpdateTenantResponse:
-        self._admin(context)
+        # Platform operators update any tenant; a tenant admin only its own tenant's settings.
+        p = self._s.principal(context, Permission.ADMIN)
         tenant_id = parse_id(request.tenant.id, "tenant")
+        if not p.platform_admin and str(tenant_id) != p.tenant_id:
+            raise not_found("tenant")
         async with self._s.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT * FROM tenants WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", tenant_id
             )
             if row is None:
                 raise not_found("tenant")
-            merged = apply_mask(to_proto(row), request.tenant, request.update_mask, OUTPUT_ONLY)
+            current = to_proto(row)
+            merged = apply_mask(current, request.tenant, request.update_mask, OUTPUT_ONLY)
             _validate(merged)
+            if not p.platform_admin:
+                changed = [f for f in OPERATOR_ONLY if getattr(merged, f) != getattr(current, f)]
+                if changed:
+                    raise ApiError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"only platform operators change a tenant's {', '.join(changed)}",
+                    )
             row = await conn.fetchrow(
                 """UPDATE tenants SET name = $2, status = $3, plan = $4, max_concurrent_calls = $5,
                           updated_at = NOW()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from services.shared.deployment import check_deployment
 from services.shared.grpc_server import GrpcServer, run_until_signalled
 from services.shared.logging import configure_logging
 from services.shared.service_identity import with_identity
@@ -18,6 +19,7 @@ def run_service(name: str, build: Callable[[Settings], GrpcServer]) -> None:
     """Runs the service `name`; exits with status 2 and the offending variables on bad settings."""
     try:
         settings = load_settings()
+        check_deployment(settings)
     except SettingsError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -83,8 +83,10 @@ def plaintext(settings: Settings) -> bool:
     """Whether internal channels run without TLS (an explicit development choice only)."""
     if settings.internal_tls.mode != "plaintext":
         return False
-    if settings.environment in ("staging", "production"):
-        raise SettingsError(f"INTERNAL_TLS__MODE=plaintext is not allowed in {settings.environment}")
+    if settings.environment not in ("development", "test"):
+        raise SettingsError(
+            f"INTERNAL_TLS__MODE=plaintext is only for development, not {settings.environment or 'unset'}"
+        )
     return True
 
 

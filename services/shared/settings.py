@@ -35,6 +35,9 @@ class RateLimitSettings(BaseModel):
     default_limit: int = Field(100, ge=1, description="requests per minute")
     burst_limit: int = Field(20, ge=1, description="concurrent requests")
     by_tenant: bool = True
+    # Requests with missing or failed credentials allowed per client address per minute; past it the
+    # address gets 429 before any credential lookup (a flood of random keys costs no database work).
+    failed_auth_limit: int = Field(30, ge=1, description="failed authentications per address per minute")
 
 
 class AuthSettings(BaseModel):
@@ -343,7 +346,9 @@ class Settings(BaseSettings):
 
     # Application
     app_name: str = "voice-aiconnected"
-    environment: Literal["development", "test", "staging", "production"] = "development"
+    # No default: each deployment says what it is (services/shared/deployment.py refuses to start
+    # without it); the Makefile, the demo and the tests set development/test explicitly.
+    environment: Literal["development", "test", "staging", "production"] | None = None
     debug: bool = False
     instance_id: str = ""
 

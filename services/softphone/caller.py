@@ -19,6 +19,7 @@ import grpc
 import audio_core
 from services.agent.ports import TextToSpeech, VoiceSelection
 from services.shared.grpc_channels import open_channel
+from services.shared.service_identity import with_identity
 from services.shared.settings import Settings, load_settings
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, common_pb2, media_pb2
@@ -75,7 +76,9 @@ class ScriptedCaller:
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.target = target
-        # Channel settings (mutual TLS identity) and call metadata (the caller's API key on Converse).
+        # Channel settings and call metadata. By default the softphone plays the bridge's part (it hands
+        # the agent a call's audio), so it presents the bridge's certificate; with `metadata` carrying
+        # a tenant's API key and settings of another identity, it calls as that tenant instead.
         self.settings = settings
         self.metadata = metadata
         self.tts = tts
@@ -184,7 +187,8 @@ class ScriptedCaller:
             await asyncio.sleep(script.hangup_after_s)
             hangup.set()
 
-        async with open_channel(self.settings or load_settings(), self.target) as channel:
+        settings = self.settings or with_identity(load_settings(), "bridge")
+        async with open_channel(settings, self.target) as channel:
             stub = agent_session_pb2_grpc.AgentSessionServiceStub(channel)
             stream = stub.Converse(requests(), metadata=self.metadata or None)
             driver = asyncio.create_task(drive())

@@ -22,8 +22,8 @@ import pytest
 import uvicorn
 
 from gateway.app import Gateway
-from gateway.bootstrap import bootstrap
 from services.control.auth import InternalAuth, Permission, Principal, internal_auth
+from services.control.bootstrap import bootstrap
 from services.control.migrate import migrate_url
 from services.control.server import build_server, build_state
 from services.control.state import ControlState

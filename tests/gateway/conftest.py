@@ -21,7 +21,10 @@ async def cp(settings: Settings) -> AsyncIterator[ControlPlane]:
 @pytest.fixture(scope="session")
 async def gw(cp: ControlPlane) -> AsyncIterator[RunningGateway]:
     async with running_gateway(
-        cp, rate_limiting=RateLimitSettings(default_limit=100_000, burst_limit=1_000)
+        cp,
+        rate_limiting=RateLimitSettings(
+            default_limit=100_000, burst_limit=1_000, failed_auth_limit=1_000_000
+        ),
     ) as g:
         yield g
 

@@ -54,7 +54,9 @@ async def test_cors(http: httpx.AsyncClient) -> None:
 async def test_rate_limit_window(cp: ControlPlane) -> None:
     _, key = await cp.tenant()
     async with (
-        running_gateway(cp, rate_limiting=RateLimitSettings(default_limit=5, burst_limit=20)) as gw,
+        running_gateway(
+            cp, rate_limiting=RateLimitSettings(default_limit=5, burst_limit=20, failed_auth_limit=1_000_000)
+        ) as gw,
         httpx.AsyncClient(base_url=gw.url) as http,
     ):
         allowed: list[httpx.Response] = []
@@ -81,7 +83,10 @@ async def test_rate_limit_window(cp: ControlPlane) -> None:
 async def test_rate_limit_burst(cp: ControlPlane) -> None:
     tenant_id, key = await cp.tenant()
     async with (
-        running_gateway(cp, rate_limiting=RateLimitSettings(default_limit=1000, burst_limit=2)) as gw,
+        running_gateway(
+            cp,
+            rate_limiting=RateLimitSettings(default_limit=1000, burst_limit=2, failed_auth_limit=1_000_000),
+        ) as gw,
         httpx.AsyncClient(base_url=gw.url, timeout=30) as http,
     ):
         # Hold two requests in flight: the gateway counts them in Redis until they finish.
@@ -114,10 +119,9 @@ async def test_audit_log_row_per_mutating_call(cp: ControlPlane, http: httpx.Asy
     assert [(r["method"], r["http_status"], r["grpc_code"]) for r in rows] == [
         ("POST", 200, "OK"),
         ("DELETE", 404, "NOT_FOUND"),
-        ("POST", 401, "UNAUTHENTICATED"),
-    ]
+    ]  # the unauthenticated attempt is logged, not written: floods of bad keys cost no writes
     assert str(rows[0]["tenant_id"]) == tenant_id and rows[0]["rpc"] == "voice.v1.AgentService.CreateAgent"
-    assert rows[0]["principal"].startswith("key:") and rows[2]["tenant_id"] is None
+    assert rows[0]["principal"].startswith("key:")
 
 
 async def test_grpc_timeout_header(cp: ControlPlane, http: httpx.AsyncClient) -> None:

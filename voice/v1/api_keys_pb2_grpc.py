@@ -92,8 +92,10 @@ class ApiKeyServiceServicer:
 
     def CreateAccessToken(self, request, context):
         """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
-        The token carries the caller's tenant and at most the caller's permission; it expires after the
-        gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+        The token carries the caller's tenant and at most the caller's permission. It is bound to the API
+        key it derives from: it stops working when that key is revoked or expires or the tenant is
+        suspended, and it expires after jwt_expiry_minutes, never later than that key or than the token
+        used to ask for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,8 +39,10 @@ class ApiKeyServiceStub:
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.RevokeApiKeyResponse]
     CreateAccessToken: _grpc.UnaryUnaryMultiCallable[_api_keys_pb2.CreateAccessTokenRequest, _api_keys_pb2.CreateAccessTokenResponse]
     """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
-    The token carries the caller's tenant and at most the caller's permission; it expires after the
-    gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+    The token carries the caller's tenant and at most the caller's permission. It is bound to the API
+    key it derives from: it stops working when that key is revoked or expires or the tenant is
+    suspended, and it expires after jwt_expiry_minutes, never later than that key or than the token
+    used to ask for it.
     """
 
 @_typing.type_check_only
@@ -54,8 +56,10 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.RevokeApiKeyRequest, _api_keys_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     CreateAccessToken: _aio.UnaryUnaryMultiCallable[_api_keys_pb2.CreateAccessTokenRequest, _api_keys_pb2.CreateAccessTokenResponse]  # type: ignore[assignment]
     """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
-    The token carries the caller's tenant and at most the caller's permission; it expires after the
-    gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+    The token carries the caller's tenant and at most the caller's permission. It is bound to the API
+    key it derives from: it stops working when that key is revoked or expires or the tenant is
+    suspended, and it expires after jwt_expiry_minutes, never later than that key or than the token
+    used to ask for it.
     """
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -96,8 +100,10 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_keys_pb2.CreateAccessTokenResponse, _abc.Awaitable[_api_keys_pb2.CreateAccessTokenResponse]]:
         """Exchanges the calling credential for a short-lived JWT (HS256) to send as `Authorization: Bearer`.
-        The token carries the caller's tenant and at most the caller's permission; it expires after the
-        gateway's jwt_expiry_minutes and is not revoked with the key that obtained it.
+        The token carries the caller's tenant and at most the caller's permission. It is bound to the API
+        key it derives from: it stops working when that key is revoked or expires or the tenant is
+        suspended, and it expires after jwt_expiry_minutes, never later than that key or than the token
+        used to ask for it.
         """
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -145,16 +145,22 @@ class CreateTenantResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
+    ADMIN_API_KEY_FIELD_NUMBER: _builtins.int
+    admin_api_key: _builtins.str
+    """The new tenant's first API key (admin permission within the tenant, never platform admin).
+    Shown only here; only its SHA-256 is stored.
+    """
     @_builtins.property
     def tenant(self) -> Global___Tenant: ...
     def __init__(
         self,
         *,
         tenant: Global___Tenant | None = ...,
+        admin_api_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_api_key", b"admin_api_key", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
