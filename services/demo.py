@@ -15,6 +15,7 @@ from pathlib import Path
 
 from services.agent.providers.tts import TritonTextToSpeech
 from services.demo_seed import seed_demo_agent
+from services.demo_summary import CallSummary
 from services.launcher import (
     Platform,
     health_status,
@@ -141,7 +142,9 @@ async def main(argv: list[str]) -> int:
             print(f"\nDemo agent {verb} through the REST gateway (PUT/POST {gateway}/v1/agents):")
             print(f"  tenant {seeded.tenant_id}, agent {seeded.agent_id}; the agent service reads it from")
             print("  the control plane (GetAgent) when the call starts.")
+            summary = await CallSummary.begin(settings, gateway)
             ok &= await place_call(settings, platform, seeded.tenant_id, seeded.agent_id, seeded.api_key)
+            ok &= await summary.show()
     finally:
         if args.up:
             print("\nServers left running (logs in .var/run/); stop them with: make down")
