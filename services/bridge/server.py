@@ -1,13 +1,72 @@
 """The bridge (telephony edge) gRPC server: CallControlService (Dial, Answer, Hangup, Transfer, Hold,
-Resume, Merge). The PBX side lands with the bridge issue; until then the RPCs answer UNIMPLEMENTED."""
+Resume, Merge) over the calls of this instance, and the SIP trunk user agent (UDP) that carries them.
+Call state lives in Redis, concurrent-call slots in services/shared/call_slots.py, events go out through
+the shared EventPublisher, and the routing data comes from the control plane's tables (cached)."""
 
 from __future__ import annotations
 
+import os
+
+import redis.asyncio as aioredis
+
+from services.bridge.control import CallControlServicer
+from services.bridge.service import Bridge
+from services.shared.db import create_pool
+from services.shared.events_publisher import EventPublisher
+from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer, bind
 from services.shared.settings import Settings
-from voice.v1 import call_control_pb2, call_control_pb2_grpc
+from voice.v1 import agent_session_pb2_grpc, call_control_pb2, call_control_pb2_grpc
+
+
+class BridgeServer(GrpcServer):
+    """GrpcServer plus the bridge's own resources: started after the gRPC port is bound (so a port
+    clash fails fast) and closed after the last RPC."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.platform_settings = settings
+        self.bridge: Bridge | None = None
+        # The servicer needs the event loop (Redis, PostgreSQL, the agent channel): bound in start().
+        super().__init__(
+            "bridge",
+            settings.webrtc_bridge,
+            [bind(call_control_pb2, call_control_pb2_grpc, "CallControlService")],
+            platform=settings,
+        )
+
+    async def start(self) -> None:
+        settings = self.platform_settings
+        instance = f"bridge-{settings.instance_id or os.getpid()}"
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        pool = await create_pool(settings)
+        agent = settings.agent_service
+        channel = open_channel(settings, f"{agent.host}:{agent.grpc_port}")
+        events = EventPublisher(settings, instance, registry=self.registry)
+        bridge = Bridge(
+            settings,
+            redis=redis,
+            pool=pool,
+            agent_stub=agent_session_pb2_grpc.AgentSessionServiceStub(channel),
+            events=events,
+            registry=self.registry,
+            instance=instance,
+        )
+        servicer = CallControlServicer(bridge)
+        self.bindings = (bind(call_control_pb2, call_control_pb2_grpc, "CallControlService", servicer),)
+        self.bridge = bridge
+
+        async def cleanup() -> None:
+            await bridge.close()
+            await events.close()
+            await channel.close()
+            await pool.close()
+            await redis.aclose()
+
+        self.on_stop.append(cleanup)
+        if settings.webrtc_bridge.sip.enabled:
+            await bridge.start()
+        await super().start()
 
 
 def build_server(settings: Settings) -> GrpcServer:
-    bindings = [bind(call_control_pb2, call_control_pb2_grpc, "CallControlService")]
-    return GrpcServer("bridge", settings.webrtc_bridge, bindings)
+    return BridgeServer(settings)

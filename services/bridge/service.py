@@ -1,0 +1,381 @@
+"""The bridge process: the SIP trunk user agent, the calls it carries, and CallControlService.
+
+Inbound: the dialled number picks the tenant and agent (control-plane routing data, cached); an
+unknown number is refused with 404, a suspended tenant with 403, a tenant without credit with 503 and
+one at its concurrency limit with 486, before anything is created. Otherwise the call rings, is
+answered (at once, or by `Answer` when auto-answer is off) and handed to the agent over Converse.
+
+Outbound (`Dial`, from the control plane's CreateCall): the call is placed on the trunk; busy, no
+answer (ring timeout), rejected and unreachable end it as `call.failed` with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.bridge.call import BridgeCall, CallDeps, CallInfo, EventSink
+from services.bridge.media import RtpSession
+from services.bridge.sip.message import uri_user
+from services.bridge.sip.sdp import (
+    Codec,
+    MediaDescription,
+    SdpError,
+    build_sdp,
+    choose_codec,
+    default_offer_codecs,
+    parse_sdp,
+)
+from services.bridge.sip.ua import InboundCall, OutboundCall, SipCall, UserAgent
+from services.bridge.state import CallState
+from services.bridge.store import CallStore
+from services.control.routing import NumberRoutes
+from services.shared.call_slots import CallSlots
+from services.shared.settings import Settings
+from voice.v1 import agent_session_pb2 as pb
+from voice.v1 import agent_session_pb2_grpc, events_pb2
+
+log = logging.getLogger(__name__)
+
+DTMF_CODEC = Codec(101, "telephone-event", 8000, 1, "0-16")
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.illegal = Counter(
+            "bridge_illegal_transitions",
+            "Refused call state transitions",
+            ["from_state", "to_state"],
+            registry=registry,
+        )
+        self.errors = Counter("errors_total", "Errors by kind", ["service", "type"], registry=registry)
+        self.rejected = Counter(
+            "bridge_calls_rejected", "Inbound calls refused", ["status"], registry=registry
+        )
+        self.calls = Counter("bridge_calls", "Calls carried", ["direction"], registry=registry)
+        self.active = Gauge("bridge_active_calls", "Calls in progress on this instance", registry=registry)
+
+
+class Bridge:
+    """Owns the UA and the live calls of this instance."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        agent_stub: agent_session_pb2_grpc.AgentSessionServiceAsyncStub,
+        events: EventSink,
+        registry: CollectorRegistry,
+        instance: str = "bridge",
+    ) -> None:
+        self.settings = settings
+        self.sip_settings = settings.webrtc_bridge.sip
+        self.metrics = BridgeMetrics(registry)
+        self.routes = NumberRoutes(pool)
+        self.slots = CallSlots(redis, ttl_seconds=self.sip_settings.slot_ttl_seconds)
+        self.store = CallStore(redis)
+        self.calls: dict[str, BridgeCall] = {}
+        self._answer: dict[str, asyncio.Event] = {}
+        self.deps = CallDeps(
+            agent_stub=agent_stub,
+            store=self.store,
+            slots=self.slots,
+            events=events,
+            timeouts=settings.webrtc_bridge.timeouts,
+            illegal=self.metrics.illegal,
+            errors=self.metrics.errors,
+            instance=instance,
+            transfer=self.transfer,
+        )
+        self.ua = UserAgent(self.sip_settings.host, self._on_invite)
+        self.on_call: Callable[[BridgeCall], None] | None = None  # tests and the demo observe calls
+
+    @property
+    def media_host(self) -> str:
+        return self.sip_settings.advertised_host or self.sip_settings.rtp_host
+
+    async def start(self) -> None:
+        await self.ua.start(self.sip_settings.port)
+        if self.sip_settings.advertised_host:
+            self.ua.host = self.sip_settings.advertised_host
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            await call.end("shutdown")
+        await self.ua.close()
+
+    def _track(self, call: BridgeCall) -> None:
+        self.calls[call.call_id] = call
+        self.metrics.calls.labels(call.info.direction).inc()
+        self.metrics.active.set(len(self.calls))
+        if self.on_call is not None:
+            self.on_call(call)
+
+        async def untrack() -> None:
+            await call.ended.wait()
+            # Keep it answerable (Get/Hangup say "ended") for a moment, then forget it.
+            await asyncio.sleep(5.0)
+            self.calls.pop(call.call_id, None)
+            self._answer.pop(call.call_id, None)
+            self.metrics.active.set(len(self.calls))
+
+        self.ua.spawn(untrack())
+
+    def _new_media(self, call: BridgeCall | None) -> RtpSession:
+        def on_dtmf(digit: str, duration_ms: int) -> None:
+            if call is not None:
+                call.on_dtmf(digit, duration_ms)
+
+        return RtpSession(
+            self.sip_settings.rtp_host,
+            on_dtmf=on_dtmf,
+            jitter_initial_ms=self.sip_settings.jitter_initial_delay_ms,
+        )
+
+    # ---- inbound
+
+    async def _route(self, dialled: str) -> tuple[str, str]:
+        try:
+            route = await self.routes.get(dialled)
+        except Exception as exc:
+            log.exception("routing data unavailable")
+            raise Rejected(503, "Service Unavailable") from exc
+        if route is None or route.agent_id is None:
+            raise Rejected(404, "Not Found")
+        if route.tenant_status != "active":
+            raise Rejected(403, "Forbidden")
+        if route.credit_minutes < self.settings.control.min_credit_minutes:
+            raise Rejected(503, "Service Unavailable")
+        return route.tenant_id, route.agent_id
+
+    async def _on_invite(self, sip: InboundCall) -> None:
+        dialled = uri_user(sip.invite.uri) or uri_user(sip.to_uri)
+        caller = uri_user(sip.from_uri)
+        call_id = str(uuid.uuid4())
+        admitted = False
+        try:
+            offer, codec = self._negotiate(sip.invite.body)
+            tenant_id, agent_id = await self._route(dialled)
+            route = await self.routes.get(dialled)
+            assert route is not None
+            if not await self.slots.admit(tenant_id, call_id, route.max_concurrent_calls):
+                raise Rejected(486, "Busy Here")
+            admitted = True
+        except Rejected as rej:
+            self.metrics.rejected.labels(str(rej.status)).inc()
+            log.info("inbound call refused", extra={"data": {"to": dialled, "status": rej.status}})
+            if admitted:
+                await self.slots.release(call_id)
+            sip.respond(rej.status, rej.reason)
+            return
+        if sip.ended.done():  # CANCELled while we looked it up
+            await self.slots.release(call_id)
+            return
+        info = CallInfo(
+            call_id, tenant_id, agent_id, "inbound", caller, dialled, {"sip_call_id": sip.call_id}
+        )
+        call = BridgeCall(info, self.deps)
+        self._track(call)
+        call.watch(sip)
+        sip.respond(180, "Ringing")
+        await call.ringing()
+        try:
+            async with asyncio.timeout(self.settings.webrtc_bridge.timeouts.call_setup_timeout_seconds):
+                await self._answer_inbound(call, sip, offer, codec)
+        except TimeoutError:
+            if not call.ended.is_set() and call.state == CallState.RINGING:
+                sip.respond(480, "Temporarily Unavailable")
+                await call.end("setup_timeout")
+
+    def _negotiate(self, body: bytes) -> tuple[MediaDescription, Codec]:
+        if not body:
+            raise Rejected(488, "Not Acceptable Here")  # offerless INVITE: not supported
+        try:
+            offer = parse_sdp(body)
+        except SdpError as exc:
+            raise Rejected(488, "Not Acceptable Here") from exc
+        codec = choose_codec(offer, tuple(self.sip_settings.codecs))
+        if codec is None or offer.port == 0:
+            raise Rejected(488, "Not Acceptable Here")
+        return offer, codec
+
+    async def _answer_inbound(
+        self, call: BridgeCall, sip: InboundCall, offer: MediaDescription, codec: Codec
+    ) -> None:
+        if not self.sip_settings.auto_answer:
+            event = self._answer.setdefault(call.call_id, asyncio.Event())
+            ended = asyncio.ensure_future(call.ended.wait())
+            answered = asyncio.ensure_future(event.wait())
+            await asyncio.wait({ended, answered}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            answered.cancel()
+            if call.ended.is_set():
+                return
+        media = self._new_media(call)
+        await media.start()
+        dtmf = offer.dtmf
+        media.configure(codec, (offer.address, offer.port), dtmf.payload_type if dtmf else None)
+        answer_codecs = [codec] + ([dtmf] if dtmf else [])
+        body = build_sdp(self.media_host, media.port, answer_codecs, session_id=id(call) & 0xFFFFFFFF)
+        if call.ended.is_set():
+            media.close()
+            return
+        sip.respond(200, "OK", body)
+        if not await sip.wait_ack():
+            media.close()
+            await call.end("ack_timeout")
+            return
+        await call.connected(sip, media)
+
+    def answer(self, call_id: str) -> bool:
+        call = self.calls.get(call_id)
+        if call is None or call.state != CallState.RINGING:
+            return False
+        self._answer.setdefault(call_id, asyncio.Event()).set()
+        return True
+
+    # ---- outbound
+
+    def target_uri(self, number: str) -> str:
+        user = number.removeprefix("ext:")
+        return f"sip:{user}@{self.sip_settings.trunk}"
+
+    async def dial(self, info: CallInfo, ring_timeout: float, max_calls: int | None) -> BridgeCall:
+        """Places the call; returns once it is DIALING (the rest happens in the background)."""
+        # CreateCall already took the slot; a Dial from elsewhere takes one here.
+        held = await self.slots.refresh(info.call_id)
+        if not held and (
+            max_calls is None or not await self.slots.admit(info.tenant_id, info.call_id, max_calls)
+        ):
+            raise Rejected(486, "the tenant has no free concurrent-call slot")
+        call = BridgeCall(info, self.deps)
+        self._track(call)
+        await call.ringing()
+        self.ua.spawn(self._place(call, ring_timeout))
+        return call
+
+    async def _place(self, call: BridgeCall, ring_timeout: float) -> None:
+        media = self._new_media(call)
+        await media.start()
+        offer = build_sdp(
+            self.media_host,
+            media.port,
+            default_offer_codecs(tuple(self.sip_settings.codecs)),
+            session_id=id(call) & 0xFFFFFFFF,
+        )
+        from_uri = f"sip:{call.info.from_number}@{self.ua.host}:{self.ua.port}"
+        try:
+            sip = await self.ua.dial(
+                self.target_uri(call.info.to_number),
+                from_uri,
+                offer,
+                ring_timeout=ring_timeout,
+                on_created=call.set_dialing,
+            )
+        except Exception:
+            log.exception("dial failed", extra={"data": {"call_id": call.call_id}})
+            media.close()
+            await call.end("error", failed=True)
+            return
+        final = sip.final.result()
+        if final.status >= 300 or call.ended.is_set():
+            media.close()
+            await call.end(_failure_reason(final.status, sip), failed=True)
+            return
+        try:
+            answer = parse_sdp(sip.remote_sdp)
+            codec = choose_codec(answer, tuple(self.sip_settings.codecs))
+            if codec is None:
+                raise SdpError("no common codec in the answer")
+        except SdpError:
+            media.close()
+            await sip.hangup("incompatible_media")
+            await call.end("incompatible_media", failed=True)
+            return
+        dtmf = answer.dtmf
+        media.configure(codec, (answer.address, answer.port), dtmf.payload_type if dtmf else None)
+        await call.connected(sip, media)
+
+    # ---- transfer
+
+    async def transfer(self, call: BridgeCall, request: pb.TransferRequest) -> None:
+        """Blind/warm transfer by the bridge (B2BUA): dial the target, and once it answers relay the
+        caller to it and let the agent go. If the target does not answer the agent keeps the call."""
+        if not await call.move(CallState.TRANSFERRING):
+            return
+        call.emit(
+            call_transfer_requested=events_pb2.CallTransferRequested(
+                type=request.type, target=request.target, context=request.context, reason=request.reason
+            )
+        )
+        media = self._new_media(None)
+        await media.start()
+        offer = build_sdp(
+            self.media_host,
+            media.port,
+            default_offer_codecs(tuple(self.sip_settings.codecs)),
+            session_id=id(media) & 0xFFFFFFFF,
+        )
+        from_number = call.info.from_number if call.info.direction == "inbound" else call.info.to_number
+        from_uri = f"sip:{from_number}@{self.ua.host}:{self.ua.port}"
+        target: SipCall | None = None
+        try:
+            leg = await self.ua.dial(self.target_uri(request.target), from_uri, offer, ring_timeout=30.0)
+            if leg.final.result().status < 300 and not call.ended.is_set():
+                answer = parse_sdp(leg.remote_sdp)
+                codec = choose_codec(answer, tuple(self.sip_settings.codecs))
+                if codec is None:
+                    await leg.hangup("incompatible_media")
+                else:
+                    dtmf = answer.dtmf
+                    media.configure(codec, (answer.address, answer.port), dtmf.payload_type if dtmf else None)
+                    target = leg
+        except (SdpError, OSError):
+            log.exception("transfer failed", extra={"data": {"call_id": call.call_id}})
+        if target is None or call.ended.is_set():
+            media.close()
+            if target is not None:
+                await target.hangup("caller_gone")
+            if not call.ended.is_set():
+                await call.move(CallState.CONVERSING)
+            return
+        call.relay_leg = target
+        call.relay_to = media
+        call.drop_agent("transferred")
+        call.emit(
+            call_transferred=events_pb2.CallTransferred(transferred_to=request.target, type=request.type)
+        )
+        await call.record_end("transferred")
+
+        async def target_gone() -> None:
+            await asyncio.shield(target.ended)
+            await call.end("transferred")
+
+        self.ua.spawn(target_gone())
+
+
+def _failure_reason(status: int, leg: OutboundCall) -> str:
+    if status in (486, 600):
+        return "busy"
+    if status == 408:
+        return "no_answer" if leg.provisional.is_set() else "unreachable"
+    if status in (480, 487):
+        return "no_answer"
+    if status >= 500:
+        return "unreachable" if status == 503 else "rejected"
+    return "rejected"
