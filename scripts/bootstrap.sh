@@ -11,9 +11,10 @@ UV_VERSION=0.13.9
 # Debian packages the platform runs on: PostgreSQL 15, Redis 7, espeak-ng (offline TTS),
 # cmake + a C toolchain (libopus is built from source inside the Rust crate), libopus0 for the
 # ctypes baseline of `make bench-audio`, libpython3.11 (embedded by the Triton python backend stub that
-# scripts/tts.sh runs), curl (its health checks), openssl (the local CA of scripts/certs.sh).
+# scripts/tts.sh runs), curl (its health checks), openssl (the local CA of scripts/certs.sh), sip-tester
+# (SIPp: the phone network of the bridge tests).
 need_pkgs=()
-for pkg in postgresql redis-server espeak-ng libopus0 cmake build-essential pkg-config libpython3.11 curl openssl; do
+for pkg in postgresql redis-server espeak-ng libopus0 cmake build-essential pkg-config libpython3.11 curl openssl sip-tester; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
