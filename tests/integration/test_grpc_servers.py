@@ -1,4 +1,4 @@
-"""Every server: health, reflection, metrics, UNIMPLEMENTED for contracts not built yet, clean stop."""
+"""Every server: health, reflection, metrics, clear statuses for bad requests, clean stop."""
 
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ async def test_system_health_checks_real_dependencies(control: GrpcServer) -> No
     assert all(c.healthy for c in reply.components)
 
 
-async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(settings: Settings) -> None:
-    # The bridge's call control is served from its contract before its PBX side exists.
-    ports = settings.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+async def test_bad_rpc_has_a_clear_status_and_is_counted(settings: Settings) -> None:
+    # The bridge's call control answers a malformed Dial with INVALID_ARGUMENT (and counts it).
+    sip = settings.webrtc_bridge.sip.model_copy(update={"port": 0})
+    ports = settings.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0, "sip": sip})
     bridge = build_bridge(settings.model_copy(update={"webrtc_bridge": ports}))
     await bridge.start()
     try:
@@ -73,12 +74,12 @@ async def test_unimplemented_rpc_has_a_clear_status_and_is_counted(settings: Set
                 await call_control_pb2_grpc.CallControlServiceStub(channel).Dial(
                     call_control_pb2.DialRequest(call_id="c1")
                 )
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{bridge.metrics_port}/metrics")
     finally:
         await bridge.stop(grace=1)
     assert (
-        'grpc_server_handled_total{grpc_code="UNIMPLEMENTED",grpc_method="Dial",'
+        'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Dial",'
         'grpc_service="voice.v1.CallControlService"} 1.0' in metrics
     )
     assert 'service_up{service="bridge"} 1.0' in metrics
