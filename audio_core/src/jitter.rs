@@ -677,7 +677,10 @@ impl JitterBuffer {
         let k = ((n as f64 - 1.0) * QUANTILE).round() as usize;
         let (_, q, _) = self.scratch.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
         let jitter = *q - base;
-        self.target_ms = (jitter + 2.0).clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
+        // A packet is decoded up to half a frame before its audio plays (the leg decodes whole
+        // packets into its queue): that lead is part of the delay it needs.
+        let lead = self.cfg.frame_ms as f64 / 2.0;
+        self.target_ms = (jitter + lead + 2.0).clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
     }
 
     fn find_next_buffered(&self) -> Option<usize> {
@@ -777,11 +780,13 @@ impl JitterBuffer {
             // sender paused (DTX without packets, hold): silence. The timeline moves on either way.
             if self.alive(now_ms) {
                 self.stats.underruns += 1;
-                if self.stretch && self.ep_stall < MAX_STALL && self.stats.played > 0 && self.late_spread(now_ms) > 0 {
+                let room = self.playout_delay_ms(now_ms) <= self.target_ms;
+                if self.stretch && room && self.ep_stall < MAX_STALL && self.stats.played > 0 && self.late_spread(now_ms) > 0 {
                     // Packets have been arriving late: hold the cursor, this one is probably late
                     // too, and playing it when it comes costs a frame of delay (which the leg then
                     // removes) instead of a loss. Without recent lateness a gap is more likely a
-                    // loss, and holding would only add delay.
+                    // loss, and holding would only add delay; above the target it would add more
+                    // than the target allows.
                     self.ep_stall += 1;
                     return Playout::Conceal { samples: self.frame_ts, lost: false };
                 }

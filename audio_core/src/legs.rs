@@ -531,8 +531,8 @@ impl InboundLeg {
     }
 
     /// Time-scale rate for this frame: a proportional controller on the playout delay with a
-    /// dead band of half a frame (hysteresis down to 2 ms), plus the sender's clock drift when
-    /// no resampler can absorb it.
+    /// dead band from 4 ms below the target to half a frame above it, plus the sender's clock
+    /// drift when no resampler can absorb it.
     fn choose_rate(&mut self, now_ms: f64) -> f64 {
         if !self.jb.started() || self.jb.stats().played == 0 {
             self.mode = 0;
@@ -542,11 +542,13 @@ impl InboundLeg {
         let target = self.jb.target_ms();
         let err = delay - target;
         let half = self.cfg.jitter.frame_ms as f64 / 2.0;
+        // Asymmetric band: below the target packets start arriving too late, so stretch as soon
+        // as the delay is 4 ms short; above it only latency is at stake, so allow half a frame.
         self.mode = match self.mode {
             _ if err > half => 1,
-            _ if err < -half => -1,
-            1 if err < 2.0 => 0,
-            -1 if err > -2.0 => 0,
+            _ if err < -4.0 => -1,
+            1 if err < 4.0 => 0,
+            -1 if err > 0.0 => 0,
             m => m,
         };
         let ctrl = match self.mode {

@@ -206,13 +206,36 @@ mod tests {
                 w.push_i16(&x);
                 let mut out = Vec::new();
                 while w.pending() >= w.lookahead(r) && w.hop_into(r, &mut out) {}
-                let consumed = x.len() as f64 - w.pending() as f64;
+                let consumed = (x.len() - w.pending()) as f64;
                 let got = consumed / out.len() as f64 - 1.0;
                 assert!((got - r).abs() < 0.015, "{rate} {r}: {got}");
                 let max_step = out.windows(2).map(|p| (p[1] as i32 - p[0] as i32).abs()).max().unwrap() as f64;
                 let own_max = x.windows(2).map(|p| (p[1] as i32 - p[0] as i32).abs()).max().unwrap() as f64;
                 // No splice steps beyond what the signal itself does anywhere.
                 assert!(max_step <= 1.05 * own_max, "{rate} {r}: {max_step} vs {own_max}");
+            }
+        }
+    }
+
+    #[test]
+    fn rate_stays_within_five_percent_over_any_second() {
+        // Splices move by whole pitch periods, but only toward the nominal position: over any
+        // second the consumed input stays within 5 % plus one pitch period of real time.
+        for rate in [16000u32, 48000] {
+            for r in [0.05, -0.05] {
+                let x = voice(rate, rate as usize * 4);
+                let mut w = Wsola::new(rate);
+                w.push_i16(&x);
+                let mut out = Vec::new();
+                let mut consumed = vec![0usize];
+                while w.pending() >= w.lookahead(r) && w.hop_into(r, &mut out) {
+                    consumed.push(x.len() - w.pending());
+                }
+                let per_s = 100;
+                for k in per_s..consumed.len() {
+                    let used = (consumed[k] - consumed[k - per_s]) as f64 / rate as f64;
+                    assert!((used - 1.0).abs() <= 0.05 + 0.0125, "{rate} {r}: {used} s of input in 1 s");
+                }
             }
         }
     }
