@@ -89,7 +89,7 @@ def _client(gateway: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=gateway, headers={"X-API-Key": key}, timeout=10)
 
 
-async def _get(http: httpx.AsyncClient, path: str, **params: object) -> dict[str, Any]:
+async def _get(http: httpx.AsyncClient, path: str, **params: str | int) -> dict[str, Any]:
     reply = await http.get(path, params=params)
     reply.raise_for_status()
     body: dict[str, Any] = reply.json()
