@@ -988,4 +988,37 @@ mod tests {
         assert_eq!(inb.leg_stats().unknown_payload_type, 1);
         assert_eq!(inb.stats().received, 0);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..Default::default() })]
+        /// Hostile headers and clocks (any sequence, timestamp, source, payload type, marker;
+        /// arrival and playout times jumping both ways): never a panic, always one frame per pop,
+        /// statistics that add up.
+        #[test]
+        fn hostile_streams_never_break_the_leg(ops in proptest::collection::vec(
+            (proptest::prelude::any::<u16>(), proptest::prelude::any::<u32>(), 0u32..3, proptest::prelude::any::<bool>(),
+             proptest::sample::select(vec![111u8, 101, 0, 13, 96]), -200.0f64..400.0, proptest::prelude::any::<bool>()), 1..300)) {
+            let mut out = OutboundLeg::new(OutboundConfig { input_rate: 48000, ..Default::default() }).unwrap();
+            let mut payloads = Vec::new();
+            for k in 0..10 {
+                out.push(&speech_like(48000, 960, k * 960), &mut |p| payloads.push(rtp::parse(p).unwrap().payload.to_vec())).unwrap();
+            }
+            let mut inb = InboundLeg::new(InboundConfig::default()).unwrap();
+            let mut frame = vec![0i16; 320];
+            let (mut now, mut pkt) = (0.0f64, Vec::new());
+            for (i, (seq, ts, ssrc, marker, pt, dt, pop)) in ops.into_iter().enumerate() {
+                now += dt;
+                if pop {
+                    proptest::prop_assert!(inb.pop(now, &mut frame).is_ok());
+                } else {
+                    pkt.clear();
+                    let payload: &[u8] = if pt == 101 { &[1, 0x0a, 0, 160] } else { &payloads[i % payloads.len()] };
+                    rtp::build(&rtp::RtpHeader { payload_type: pt, sequence: seq, timestamp: ts, ssrc, marker, ..Default::default() }, payload, &mut pkt).unwrap();
+                    let _ = inb.insert(&pkt, now);
+                }
+                let st = inb.stats();
+                proptest::prop_assert_eq!(st.lost, st.concealed + st.fec_recovered);
+            }
+        }
+    }
 }
