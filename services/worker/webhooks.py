@@ -35,6 +35,7 @@ import httpx
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 
+from services.shared.outbound_http import safe_client
 from services.shared.settings import Settings
 from services.worker.db import Conn
 from services.worker.metrics import WorkerMetrics
@@ -50,14 +51,12 @@ _MAX_ERROR = 500
 
 
 def webhook_client(settings: Settings) -> httpx.AsyncClient:
-    """The one place the worker's HTTP client for tenant URLs is made: no redirects (a signed POST must
-    not be replayed elsewhere), no proxies from the environment, bounded timeouts."""
-    timeout = settings.worker_service.webhook_timeout_seconds
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"User-Agent": "voice-aiconnected-webhooks/1"},
+    """The worker's HTTP client for tenant URLs: the platform's SSRF-safe client (public https only,
+    checked on the connected address, no redirects, no proxies), bounded by the webhook timeout."""
+    return safe_client(
+        settings.outbound_http,
+        timeout=settings.worker_service.webhook_timeout_seconds,
+        headers=(("User-Agent", "voice-aiconnected-webhooks/1"),),
     )
 
 
@@ -250,8 +249,9 @@ class WebhookDeliverer:
         code: int | None = None
         error: str | None = None
         try:
-            response = await self._http.post(due.url, content=due.body, headers=headers)
-            code = response.status_code
+            # Only the status matters: the answer's body is never read (an endpoint cannot flood us).
+            async with self._http.stream("POST", due.url, content=due.body, headers=headers) as response:
+                code = response.status_code
             if not 200 <= code < 300:
                 error = f"HTTP {code}"
         except httpx.HTTPError as exc:

@@ -46,14 +46,10 @@ def worker_settings(cp: ControlPlane, nats: PrivateNats, spool: Path) -> Setting
         }
     )
     events = base.events.model_copy(update={"spool_dir": str(spool), "publish_timeout_seconds": 1.0})
-    return base.model_copy(
-        update={
-            "nats_url": nats.url,
-            "nats_stream": "VOICE_EVENTS",
-            "events": events,
-            "worker_service": worker,
-        }
-    )
+    # The tenants' webhook receivers of these tests listen on loopback.
+    outbound = base.outbound_http.model_copy(update={"allowed_networks": ["127.0.0.0/8"]})
+    update = {"nats_url": nats.url, "events": events, "worker_service": worker, "outbound_http": outbound}
+    return base.model_copy(update=update)
 
 
 @pytest.fixture(scope="session")
