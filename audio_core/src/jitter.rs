@@ -335,6 +335,11 @@ impl JitterBuffer {
         self.started
     }
 
+    /// Packets played so far.
+    pub fn played(&self) -> u64 {
+        self.stats.played
+    }
+
     /// Current target delay, ms.
     pub fn target_ms(&self) -> f64 {
         self.target_ms

@@ -534,7 +534,7 @@ impl InboundLeg {
     /// dead band from 4 ms below the target to half a frame above it, plus the sender's clock
     /// drift when no resampler can absorb it.
     fn choose_rate(&mut self, now_ms: f64) -> f64 {
-        if !self.jb.started() || self.jb.stats().played == 0 {
+        if !self.jb.started() || self.jb.played() == 0 {
             self.mode = 0;
             return 0.0;
         }
