@@ -684,8 +684,11 @@ impl JitterBuffer {
         let jitter = *q - base;
         // A packet is decoded up to half a frame before its audio plays (the leg decodes whole
         // packets into its queue): that lead is part of the delay it needs.
-        let lead = self.cfg.frame_ms as f64 / 2.0;
-        self.target_ms = (jitter + lead + 2.0).clamp(self.cfg.min_delay_ms, self.cfg.max_delay_ms);
+        // A pop takes a whole frame at once, so less than a frame of delay cannot work either.
+        let frame = self.cfg.frame_ms as f64;
+        let lead = frame / 2.0;
+        let floor = self.cfg.min_delay_ms.max(frame);
+        self.target_ms = (jitter + lead + 2.0).max(floor).min(self.cfg.max_delay_ms.max(floor));
     }
 
     fn find_next_buffered(&self) -> Option<usize> {

@@ -160,3 +160,23 @@ def test_outbound_clear_fades() -> None:
     y = np.frombuffer(ac.ulaw_decode(b"".join(ac.parse_rtp(p).payload for p in pkts)), dtype="<i2")
     steps = np.abs(np.diff(y.astype(np.int32)))
     assert steps.max() <= 1.2 * np.abs(np.diff(pcm.astype(np.int32))).max() + 64
+
+
+@pytest.mark.parametrize("frame_ms", [10, 40, 60])
+def test_other_frame_sizes_hold_a_clean_stream(frame_ms: int) -> None:
+    # A pop takes a whole frame, so the target never drops below one frame.
+    leg = ac.InboundLeg(frame_ms=frame_ms)
+    pkts = [ac.build_rtp(111, k, k * 960, 1, p) for k, p in enumerate(payloads("opus")[:250])]
+    pos, kinds = 0, []
+    for k in range(5000 // frame_ms):
+        now = float(k * frame_ms)
+        while pos < len(pkts) and pos * FRAME_MS + 3 <= now:
+            leg.insert(pkts[pos], pos * FRAME_MS + 3)
+            pos += 1
+        pcm, kind = leg.pop(now)
+        assert len(pcm) == 2 * leg.frame_samples
+        kinds.append(kind)
+    s = leg.stats()
+    assert set(kinds) == {"buffering", "normal"} and s["lost"] == 0, s
+    assert s["target_delay_ms"] == max(20.0, frame_ms)
+    assert s["playout_delay_ms"] <= s["target_delay_ms"] + FRAME_MS
