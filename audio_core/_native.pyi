@@ -241,8 +241,12 @@ class JitterBuffer:
         max_delay_ms: float = 400.0,
         initial_delay_ms: float = 60.0,
         capacity: int = 512,
+        time_stretch: bool = False,
     ) -> None:
-        """``capacity`` (power of two) bounds how far ahead a sequence number may be."""
+        """``capacity`` (power of two) bounds how far ahead a sequence number may be. With
+        ``time_stretch`` the buffer never drops or inserts whole frames: the caller time-scales
+        its audio toward ``target_delay_ms`` using ``playout_delay_ms`` (as ``InboundLeg`` does);
+        without it the buffer falls back to dropping/concealing frames on quiet audio."""
     def insert(
         self,
         sequence: int,

@@ -595,10 +595,21 @@ struct JitterBuffer {
 #[pymethods]
 impl JitterBuffer {
     #[new]
-    #[pyo3(signature = (clock_rate=48000, frame_ms=20, min_delay_ms=20.0, max_delay_ms=400.0, initial_delay_ms=60.0, capacity=512))]
-    fn new(clock_rate: u32, frame_ms: u32, min_delay_ms: f64, max_delay_ms: f64, initial_delay_ms: f64, capacity: usize) -> PyResult<Self> {
+    #[pyo3(signature = (clock_rate=48000, frame_ms=20, min_delay_ms=20.0, max_delay_ms=400.0, initial_delay_ms=60.0, capacity=512, time_stretch=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        clock_rate: u32,
+        frame_ms: u32,
+        min_delay_ms: f64,
+        max_delay_ms: f64,
+        initial_delay_ms: f64,
+        capacity: usize,
+        time_stretch: bool,
+    ) -> PyResult<Self> {
         let cfg = JitterConfig { clock_rate, frame_ms, min_delay_ms, max_delay_ms, initial_delay_ms, capacity };
-        Ok(Self { inner: CoreJitter::new(cfg)? })
+        let mut inner = CoreJitter::new(cfg)?;
+        inner.set_time_stretch(time_stretch);
+        Ok(Self { inner })
     }
 
     #[pyo3(signature = (sequence, timestamp, payload, arrival_ms, samples=0, has_fec=false))]

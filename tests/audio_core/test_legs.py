@@ -190,3 +190,14 @@ def test_jitter_buffer_invariants(ops: list[tuple[int, float, bool]], start: int
         window = max(offs) - played[0] + 1
         # Every in-window packet is played, or the sequence number was counted lost / late.
         assert len(played) + s["lost"] + s["buffered"] >= window >= expected
+
+
+def test_time_stretch_jitter_buffer_never_cuts_frames() -> None:
+    jb = ac.JitterBuffer(initial_delay_ms=200.0, time_stretch=True)
+    kinds = []
+    for k in range(200):
+        jb.insert(k, k * 960, b"x", k * FRAME_MS)
+        kinds.append(jb.pop(k * FRAME_MS)[0])
+    assert "discard" not in kinds and kinds.count("packet") >= 180
+    s = jb.stats()
+    assert s["accelerated"] == 0 and s["playout_delay_ms"] > 150.0  # left to the caller
