@@ -386,6 +386,14 @@ class Gateway:
                 raise HttpError(
                     400, error_body(grpc.StatusCode.INVALID_ARGUMENT, "malformed Grpc-Timeout header")
                 )
+            cap = self.cfg.max_request_timeout_seconds
+            if parsed > cap:
+                raise HttpError(
+                    400,
+                    error_body(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"Grpc-Timeout must be at most {cap:g} seconds"
+                    ),
+                )
             return parsed
         return self.cfg.request_timeout_seconds
 

@@ -103,6 +103,26 @@ def rpc_error_body(exc: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any]]:
     return HTTP_STATUS.get(code, 500), error_body(code, message, details)
 
 
+# How deep a JSON body may nest (messages and JSON values together). Each JSON level of a Struct field
+# costs protobuf two message levels, and the wire decoder stops at 100: 32 stays well inside it.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays/objects in `body` (brackets inside strings do not count), found
+    without parsing, so a hostile body is refused before any recursive code sees it."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", body)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def parse_grpc_timeout(value: str) -> float | None:
     m = _GRPC_TIMEOUT.match(value.strip())
     if m is None:
@@ -204,7 +224,7 @@ def _mask_paths(desc: Descriptor, body: dict[str, Any], prefix: str = "") -> lis
 
 def _parse_into(data: dict[str, Any], message: Message, where: str) -> None:
     try:
-        json_format.ParseDict(data, message, ignore_unknown_fields=False, max_recursion_depth=32)
+        json_format.ParseDict(data, message, ignore_unknown_fields=False, max_recursion_depth=MAX_JSON_DEPTH)
     except json_format.ParseError as exc:
         raise TranscodeError(f"invalid {where}: {exc}") from None
     except (ValueError, TypeError, OverflowError, RecursionError, UnicodeError) as exc:
@@ -219,6 +239,8 @@ def build_request(
     body_obj: Any = None
     if route.body:
         if body.strip():
+            if json_depth(body) > MAX_JSON_DEPTH:
+                raise TranscodeError(f"JSON body nested too deeply (at most {MAX_JSON_DEPTH} levels)")
             try:
                 body_obj = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:

@@ -86,7 +86,7 @@ def validate(agent: agents_pb2.Agent) -> None:
     seen: set[str] = set()
     for i, tool in enumerate(agent.tools):
         field = f"agent.tools[{i}]"
-        if not _TOOL_NAME.match(tool.name):
+        if not _TOOL_NAME.fullmatch(tool.name):
             raise invalid(f"{field}.name", "must match ^[a-zA-Z0-9_-]{1,64}$")
         if tool.name in seen:
             raise invalid(f"{field}.name", f"duplicate tool name {tool.name!r}")
@@ -104,7 +104,7 @@ def validate(agent: agents_pb2.Agent) -> None:
         if tool.timeout_ms > 60_000:
             raise invalid(f"{field}.timeout_ms", "must be at most 60000")
     for i, target in enumerate(agent.transfer_targets):
-        if not _TRANSFER_TARGET.match(target.target):
+        if not _TRANSFER_TARGET.fullmatch(target.target):
             raise invalid(f"agent.transfer_targets[{i}].target", "must be E.164 (+15551234567) or ext:NNNN")
     for intent in agent.intents:
         if (

@@ -312,7 +312,7 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
         check_strings(request)
         tenant_id = uuid.UUID(p.tenant_id)
         call = await self._call(tenant_id, request.id)
-        if not _TRANSFER_TARGET.match(request.target):
+        if not _TRANSFER_TARGET.fullmatch(request.target):
             raise invalid("target", "must be E.164 (+15551234567) or ext:NNNN")
         check_text(request.context, "context", max_len=4_000)
         check_text(request.reason, "reason", max_len=255)

@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from services.control.errors import invalid, not_found
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# Anchored at both ends (`\Z`, not `$`, which also matches before a trailing newline).
+E164 = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
@@ -64,10 +65,62 @@ def check_text(value: str, field: str, *, max_len: int, required: bool = False) 
     return value
 
 
+# Bounds on what one object may hold (the gateway's body limit and gRPC's message limit are far larger).
+MAX_MAP_ENTRIES = 64
+MAX_MAP_KEY_CHARS = 128
+MAX_MAP_VALUE_CHARS = 4096
+MAX_LIST_ITEMS = 256
+MAX_STRUCT_DEPTH = 16
+MAX_STRUCT_NODES = 2000
+
+
+def _check_struct(value: struct_pb2.Struct | struct_pb2.ListValue, name: str) -> None:
+    """A JSON value (tool input schemas, tool inputs) nested at most MAX_STRUCT_DEPTH deep and with at
+    most MAX_STRUCT_NODES values: deeper ones are refused before anything walks them recursively."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_STRUCT_DEPTH:
+            raise invalid(name, f"is nested too deeply (at most {MAX_STRUCT_DEPTH} levels)")
+        if nodes > MAX_STRUCT_NODES:
+            raise invalid(name, f"is too large (at most {MAX_STRUCT_NODES} values)")
+        if isinstance(item, struct_pb2.Struct):
+            if any("\x00" in k for k in item.fields):
+                raise invalid(name, "must not contain NUL characters")
+            stack.extend((v, depth + 1) for v in item.fields.values())
+        elif isinstance(item, struct_pb2.ListValue):
+            stack.extend((v, depth + 1) for v in item.values)
+        elif isinstance(item, struct_pb2.Value):
+            kind = item.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((item.struct_value, depth))
+            elif kind == "list_value":
+                stack.append((item.list_value, depth))
+            elif kind == "string_value" and "\x00" in item.string_value:
+                raise invalid(name, "must not contain NUL characters")
+
+
 def check_strings(message: Message, prefix: str = "") -> None:
-    """Refuses NUL characters anywhere in a message: PostgreSQL text cannot hold them."""
+    """Refuses NUL characters anywhere in a message (PostgreSQL text cannot hold them), and maps, lists
+    and JSON values beyond the bounds above (a clear INVALID_ARGUMENT instead of unbounded rows or a
+    recursion error)."""
+    if isinstance(message, struct_pb2.Struct | struct_pb2.ListValue):
+        _check_struct(message, prefix.rstrip(".") or "value")
+        return
     for field, value in message.ListFields():
         name = f"{prefix}{field.name}"
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            if len(value) > MAX_MAP_ENTRIES:
+                raise invalid(name, f"must have at most {MAX_MAP_ENTRIES} entries")
+            for k, v in value.items():
+                if isinstance(k, str) and len(k) > MAX_MAP_KEY_CHARS:
+                    raise invalid(name, f"keys must be at most {MAX_MAP_KEY_CHARS} characters")
+                if isinstance(v, str) and len(v) > MAX_MAP_VALUE_CHARS:
+                    raise invalid(name, f"values must be at most {MAX_MAP_VALUE_CHARS} characters")
+        elif repeated(field) and len(value) > MAX_LIST_ITEMS:
+            raise invalid(name, f"must have at most {MAX_LIST_ITEMS} items")
         if field.type == FieldDescriptor.TYPE_STRING:
             values: Iterable[Any] = value if repeated(field) else (value,)
             if field.message_type is None and any("\x00" in v for v in values):

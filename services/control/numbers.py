@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import grpc
 
 from services.control.auth import Permission
 from services.control.common import (
@@ -20,12 +19,13 @@ from services.control.common import (
     parse_ref,
     timestamp,
 )
-from services.control.errors import ApiError, invalid, not_found
+from services.control.errors import invalid, not_found
 from services.control.state import ControlState
 from services.shared.grpc_server import Context
 from voice.v1 import numbers_pb2, numbers_pb2_grpc
 
 OUTPUT_ONLY = frozenset({"id", "tenant_id", "create_time"})
+UNAVAILABLE = "is not available: numbers are added from the platform's provisioned inventory"
 PROVIDERS = ("gotoconnect", "sip")
 
 
@@ -102,19 +102,23 @@ class NumberServicer(numbers_pb2_grpc.NumberServiceServicer):
         tenant_id = uuid.UUID(p.tenant_id)
         async with self._s.pool.acquire() as conn:
             agent_id = await _agent_ref(conn, tenant_id, n.agent_id)
+            # Only from the platform's inventory, and only while unassigned. A number held by another
+            # tenant, by this one, or never provisioned all get the same answer: no existence oracle.
             try:
                 row = await conn.fetchrow(
                     """INSERT INTO phone_numbers (tenant_id, agent_id, e164, provider, label)
-                       VALUES ($1, $2, $3, $4, $5) RETURNING *""",
+                       SELECT $1, $2, i.e164, i.provider, $4 FROM number_inventory i
+                       WHERE i.e164 = $3 AND NOT EXISTS (SELECT 1 FROM phone_numbers p WHERE p.e164 = $3)
+                       RETURNING *""",
                     tenant_id,
                     agent_id,
                     n.e164,
-                    n.provider or "gotoconnect",
                     n.label,
                 )
-            except asyncpg.UniqueViolationError:
-                # A number belongs to one tenant: saying it is taken is unavoidable, saying by whom is not.
-                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, "this number is already assigned") from None
+            except asyncpg.UniqueViolationError:  # a concurrent add of the same number won
+                row = None
+            if row is None:
+                raise invalid("number.e164", UNAVAILABLE)
         assert row is not None
         return numbers_pb2.CreateNumberResponse(number=to_proto(row))
 

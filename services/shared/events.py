@@ -20,12 +20,14 @@ Consuming (explicit ack, nak with backoff, term into the dead-letter stream): se
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from datetime import UTC, datetime
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig
 
@@ -46,7 +48,7 @@ _CALL_EVENT_NAMESPACE = uuid.UUID("6f1d3c52-8f3e-4b0a-9d7e-2f6c1a4b5e70")
 
 def check_id(value: str, what: str) -> str:
     """A tenant or call id usable as a subject token: 1-128 of [A-Za-z0-9_-]. Raises ValueError."""
-    if not value or len(value) > MAX_ID_LENGTH or not _TOKEN.match(value):
+    if not value or len(value) > MAX_ID_LENGTH or not _TOKEN.fullmatch(value):
         raise ValueError(f"{what} must be 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9_-]")
     return value
 
@@ -55,7 +57,7 @@ def subject_for(tenant_id: str, call_id: str, event_type: str) -> str:
     """`voice.<tenant>.<call>.<type>`; rejects ids that would break the subject hierarchy."""
     check_id(tenant_id, "tenant_id")
     check_id(call_id, "call_id")
-    if not all(_TOKEN.match(part) for part in event_type.split(".")):
+    if not all(_TOKEN.fullmatch(part) for part in event_type.split(".")):
         raise ValueError(f"event type {event_type!r} is not a dotted name")
     return f"{SUBJECT_PREFIX}.{tenant_id}.{call_id}.{event_type}"
 
@@ -155,6 +157,10 @@ class EventBus:
         self.nc = nc
         self.js = js
         self.stream = stream
+        # Pipelined publishes: one reply subscription, acks matched to futures by a token.
+        self._ack_prefix = ""
+        self._acks: dict[str, asyncio.Future[PubAck]] = {}
+        self._next_token = 0
 
     @classmethod
     async def connect(cls, settings: Settings, *, name: str = "voice", **options: object) -> EventBus:
@@ -190,6 +196,67 @@ class EventBus:
             timeout=ack_timeout_s,
             headers={"Nats-Msg-Id": event.event_id},
         )
+
+    async def publish_pipelined(
+        self, items: list[tuple[str, bytes, str]], ack_timeout_s: float
+    ) -> list[PubAck | BaseException]:
+        """Publishes (subject, data, msg id) items without waiting between them, then collects their acks
+        (a result per item, in order: the PubAck, or the error or timeout). The messages leave in one
+        write instead of one per message, which is what makes a backlog fast."""
+        if not self._ack_prefix:
+            self._ack_prefix = self.nc.new_inbox()
+            await self.nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_ack)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[PubAck]] = []
+        results: dict[int, BaseException] = {}
+        for i, (subject, data, msg_id) in enumerate(items):
+            self._next_token += 1
+            token = str(self._next_token)
+            future: asyncio.Future[PubAck] = loop.create_future()
+            futures.append(future)
+            try:
+                await self.nc.publish(
+                    subject, data, reply=f"{self._ack_prefix}.{token}", headers={"Nats-Msg-Id": msg_id}
+                )
+            except Exception as exc:
+                future.cancel()
+                results[i] = exc
+                continue
+            self._acks[token] = future
+            future.add_done_callback(lambda _, t=token: self._acks.pop(t, None))  # type: ignore[misc]
+        waiting = [f for f in futures if not f.done()]
+        if waiting:
+            _done, late = await asyncio.wait(waiting, timeout=ack_timeout_s)
+            for future in late:
+                future.cancel()
+        out: list[PubAck | BaseException] = []
+        for i, future in enumerate(futures):
+            if i in results:
+                out.append(results[i])
+            elif future.cancelled():
+                out.append(TimeoutError("no ack within the publish timeout"))
+            elif (error := future.exception()) is not None:
+                out.append(error)
+            else:
+                out.append(future.result())
+        return out
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self._acks.get(msg.subject.rsplit(".", 1)[-1])
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError as exc:
+            future.set_exception(exc)
+            return
+        if "error" in reply:
+            future.set_exception(nats.js.errors.APIError.from_error(reply["error"]))
+        else:
+            future.set_result(PubAck.from_response(reply))
 
     async def close(self, *, drain: bool = True) -> None:
         """Drains (lets in-flight publishes and handlers finish) unless `drain=False`: consumers that

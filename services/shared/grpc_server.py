@@ -172,10 +172,30 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
             return wrapper
 
+        def decoded(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            """A unary request arrives as bytes and is decoded inside the RPC, so that bytes that are
+            not the request message (or nest past the decoder's limit) answer INVALID_ARGUMENT, as the
+            wrappers do, rather than gRPC's UNKNOWN for a failing deserializer."""
+            decode = handler.request_deserializer
+            if decode is None:
+                return behavior
+            if inspect.isasyncgenfunction(behavior):
+
+                async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+                    async for item in behavior(decode(raw), context):
+                        yield item
+
+                return stream
+
+            async def unary(raw: bytes, context: Context) -> Any:
+                return await behavior(decode(raw), context)
+
+            return unary
+
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                wrap_unary_response(handler.unary_unary),
-                handler.request_deserializer,
+                wrap_unary_response(decoded(handler.unary_unary)),
+                None,
                 handler.response_serializer,
             )
         if handler.stream_unary:
@@ -186,8 +206,8 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream),
-                handler.request_deserializer,
+                wrap_stream_response(decoded(handler.unary_stream)),
+                None,
                 handler.response_serializer,
             )
         assert handler.stream_stream is not None  # gRPC handlers are exactly one of the four kinds

@@ -60,6 +60,8 @@ class ApiGatewaySettings(BaseModel):
     excluded_services: list[str] = ["voice.v1.TtsService"]
     # Deadline of an upstream call when the client sends no Grpc-Timeout header.
     request_timeout_seconds: float = Field(30.0, gt=0)
+    # The longest deadline a client may ask for with Grpc-Timeout (longer: 400).
+    max_request_timeout_seconds: float = Field(300.0, gt=0)
     # How long a verified API key is reused without a database lookup; a revocation made through this
     # gateway process takes effect at once, one made elsewhere within this many seconds.
     auth_cache_seconds: float = Field(5.0, ge=0)

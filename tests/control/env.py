@@ -24,6 +24,7 @@ import uvicorn
 from gateway.app import Gateway
 from services.control.auth import InternalAuth, Permission, Principal, internal_auth
 from services.control.bootstrap import bootstrap
+from services.control.inventory import provision
 from services.control.migrate import migrate_url
 from services.control.server import build_server, build_state
 from services.control.state import ControlState
@@ -46,6 +47,13 @@ class ControlPlane:
         self, tenant_id: str, permission: Permission = Permission.ADMIN, *, platform_admin: bool = False
     ) -> list[tuple[str, str]]:
         return self.auth.metadata(Principal(tenant_id, "test", permission, platform_admin))
+
+    async def number(self, prefix: str = "+1555") -> str:
+        """A fresh E.164 number provisioned in the platform's inventory (the operator's step)."""
+        e164 = f"{prefix}{uuid.uuid4().int % 10**7:07d}"
+        async with self.pool.acquire() as conn:
+            await provision(conn, [e164])
+        return e164
 
     async def tenant(self, name: str = "Tenant", *, platform_admin: bool = False) -> tuple[str, str]:
         """A fresh tenant and an admin API key for it: (tenant id, key)."""

@@ -18,7 +18,7 @@ async def test_tenant_b_cannot_reach_tenant_a(cp: ControlPlane, http: httpx.Asyn
     a, b = {"X-API-Key": a_key}, {"X-API-Key": b_key}
 
     agent = ok(await http.post("/v1/agents", json={"name": "A's agent"}, headers=a))["agent"]
-    e164 = f"+1555{uuid.uuid4().int % 10**7:07d}"
+    e164 = await cp.number()
     number = ok(await http.post("/v1/numbers", json={"e164": e164, "agentId": agent["id"]}, headers=a))[
         "number"
     ]
@@ -78,7 +78,7 @@ async def test_tenant_b_cannot_reach_tenant_a(cp: ControlPlane, http: httpx.Asyn
     error(await http.patch(f"/v1/tenants/{a_id}", json={"name": "x"}, headers=b), 404, 5)
 
     # B cannot point its objects at A's: same answer as for a missing agent.
-    own_number = {"e164": f"+1556{uuid.uuid4().int % 10**7:07d}", "agentId": agent["id"]}
+    own_number = {"e164": await cp.number("+1556"), "agentId": agent["id"]}
     theirs = error(await http.post("/v1/numbers", json=own_number, headers=b), 400, 3)
     nobody = error(await http.post("/v1/numbers", json={**own_number, "agentId": missing}, headers=b), 400, 3)
     assert theirs == nobody
@@ -90,8 +90,10 @@ async def test_tenant_b_cannot_reach_tenant_a(cp: ControlPlane, http: httpx.Asyn
     error(
         await http.post("/v1/agents", json={"name": "x", "tts": {"voiceId": voice["id"]}}, headers=b), 400, 3
     )
-    # A number belongs to one tenant.
-    error(await http.post("/v1/numbers", json={"e164": e164}, headers=b), 409, 6)
+    # A number belongs to one tenant; whether another holds it is not disclosed (same as unprovisioned).
+    held = error(await http.post("/v1/numbers", json={"e164": e164}, headers=b), 400, 3)
+    never = error(await http.post("/v1/numbers", json={"e164": "+15550000002"}, headers=b), 400, 3)
+    assert held == never
 
     # A tenant field in a request body is ignored: the tenant comes from the credential only.
     spoof = ok(await http.post("/v1/agents", json={"name": "mine", "tenantId": a_id}, headers=b))["agent"]
