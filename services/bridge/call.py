@@ -88,7 +88,8 @@ class BridgeCall:
         self.created = time.time()
         self.answered_at: datetime | None = None
         self.end_reason = ""
-        self.ended = asyncio.Event()
+        self.ended = asyncio.Event()  # set when the end begins (loops stop)
+        self.done = asyncio.Event()  # set when the end is complete (record, events, legs)
         self.transcript: list[tuple[str, str]] = []
         self.latencies: list[pb.TurnLatency] = []
         self.agent_state = pb.AGENT_STATE_UNSPECIFIED
@@ -503,3 +504,4 @@ class BridgeCall:
                 task.cancel()
         if self._converse is not None:
             self._converse.cancel()
+        self.done.set()

@@ -123,23 +123,30 @@ def free_udp_port() -> int:
 
 
 async def run_sipp(
-    env: SipEnv, scenario: str, *args: str, service: str = "", timeout_s: float = 120
+    env: SipEnv,
+    scenario: str | Path,
+    *args: str,
+    service: str = "",
+    port: int = 0,
+    timeout_s: float = 120,
 ) -> SippRun:
-    """Starts SIPp with `scenario` (tests/bridge/scenarios) as a UAC toward the bridge (or with args
-    that make it a UAS); one call, its messages logged to a file the test can show on failure."""
+    """Starts SIPp with `scenario` (a name in tests/bridge/scenarios, or a file) as a UAC calling
+    `service` on the bridge, or (no service) as a UAS on `port`; one call, its messages logged to a
+    file the test can show on failure."""
     sipp = shutil.which("sipp")
     assert sipp is not None, "SIPp is not installed (scripts/bootstrap.sh installs sip-tester)"
-    log = env.workdir / f"{scenario}-{uuid.uuid4().hex[:6]}.log"
+    path = scenario if isinstance(scenario, Path) else SCENARIOS / f"{scenario}.xml"
+    log = env.workdir / f"{path.stem}-{uuid.uuid4().hex[:6]}.log"
     cmd = [
         sipp,
         "-sf",
-        str(SCENARIOS / f"{scenario}.xml"),
+        str(path),
         "-m",
         "1",
         "-i",
         "127.0.0.1",
         "-p",
-        str(free_udp_port()),
+        str(port or free_udp_port()),
         "-mp",
         str(free_udp_port()),
         "-timeout",

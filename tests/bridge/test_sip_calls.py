@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,10 +20,11 @@ from services.agent.ports import VoiceSelection
 from services.agent.profile import build_profile
 from services.agent.providers.stt.pocketsphinx import PocketSphinxStt
 from services.agent.providers.tts import TritonTextToSpeech
+from services.bridge.call import BridgeCall, CallInfo
 from services.bridge.state import CallState
 from services.shared.call_slots import active_calls_key
 from services.shared.settings import Settings
-from tests.bridge.env import SipEnv, run_sipp, sip_env
+from tests.bridge.env import SCENARIOS, SipEnv, SippRun, Tenant, free_udp_port, run_sipp, sip_env
 from tests.bridge.phone import RATE, RtpPhone
 
 pytestmark = pytest.mark.usefixtures("triton")
@@ -134,7 +136,7 @@ async def test_inbound_call_greeting_question_answer_and_agent_hangs_up(
         p.say(goodbye)
         code, log = await sipp.wait(90)
         assert code == 0, log[-3000:]
-    await wait_for(call.ended.is_set, 10, "the call to end")
+    await wait_for(call.done.is_set, 10, "the call to end")
     greeting = await recognise(p.audio()[:greeting_end], settings)
     answer = await recognise(p.audio()[greeting_end:answer_end], settings)
     said = [text for who, text in call.transcript if who == "agent"]
@@ -156,3 +158,131 @@ async def test_inbound_call_greeting_question_answer_and_agent_hangs_up(
     assert state[b"state"] == CallState.ENDED.value.encode() and state[b"tenant_id"] == t.tenant_id.encode()
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
     assert "BYE" in log and "200 OK" in log
+
+
+@pytest.mark.parametrize("case", ["unknown_number", "suspended", "no_credit", "concurrency"])
+async def test_refused_calls_leave_nothing_behind(env: SipEnv, case: str) -> None:
+    t = await env.tenant(max_calls=0 if case == "concurrency" else 10)
+    number, status = t.number, {"suspended": 403, "no_credit": 503, "concurrency": 486}.get(case, 404)
+    async with env.cp.pool.acquire() as conn:
+        if case == "suspended":
+            await conn.execute("UPDATE tenants SET status = 'suspended' WHERE id = $1::uuid", t.tenant_id)
+        elif case == "no_credit":
+            await conn.execute(
+                "UPDATE credit_buckets SET minutes_used = minutes_total WHERE tenant_id = $1::uuid",
+                t.tenant_id,
+            )
+    if case == "unknown_number":
+        number = "+15559999999"
+    scenario = env.workdir / f"refused_{status}.xml"
+    template = (SCENARIOS / "uac_rejected.xml.tmpl").read_text()
+    scenario.write_text(template.replace("STATUS", str(status)))
+    before = len(env.calls)
+    sipp = await run_sipp(env, scenario, "-set", "rtp", "4000", service=number)
+    code, log = await sipp.wait(30)
+    assert code == 0, log[-3000:]
+    assert f"SIP/2.0 {status}" in log
+    assert len(env.calls) == before  # no call, no events
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_caller_cancels_while_it_rings(env: SipEnv) -> None:
+    t = await env.tenant()
+    env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"auto_answer": False})
+    try:
+        sipp = await run_sipp(env, "uac_cancel", "-set", "rtp", "4000", service=t.number)
+        code, log = await sipp.wait(30)
+    finally:
+        env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"auto_answer": True})
+    assert code == 0, log[-3000:]
+    call = env.calls[-1]
+    await wait_for(call.done.is_set, 5, "the call to end")
+    assert call.end_reason == "cancelled" and call.info.tenant_id == t.tenant_id
+    assert env.events.of(call.call_id) == ["call_ringing", "call_ended"]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_caller_hangs_up_mid_call_with_dtmf_and_garbage_around(env: SipEnv) -> None:
+    """DTMF reaches the agent; malformed SIP and RTP from a foreign host are refused while the call
+    goes on; the caller's BYE ends the call."""
+    t = await env.tenant()
+    loop = asyncio.get_running_loop()
+    async with phone() as p:
+        sipp = await run_sipp(
+            env, "uac_caller_hangs_up", "-set", "rtp", str(p.port), "-d", "6000", service=t.number
+        )
+        await asyncio.wait_for(p.first_packet.wait(), 20)
+        call = env.calls[-1]
+        p.press("5")
+        # Malformed SIP: answered with 400 where it can be, dropped otherwise; the call is unaffected.
+        garbage, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        bad = (
+            b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: junk\r\nCSeq: 1 OPTIONS\r\n"
+            b"Content-Length: 99\r\n\r\n"
+        )
+        for data in (bad, b"\xff" * 3000, b"INVITE sip:x SIP/2.0\r\n\r\n", b"x" * 70000):
+            garbage.sendto(data, ("127.0.0.1", env.bridge.ua.port))
+        garbage.close()
+        # RTP toward the call's media port from another host address.
+        assert call.media is not None
+        foreign, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.2", 0)
+        )
+        foreign.sendto(audio_core.build_rtp(0, 1, 160, 1234, b"\xff" * 160), ("127.0.0.1", call.media.port))
+        foreign.sendto(b"\x80\x00", ("127.0.0.1", call.media.port))
+        foreign.close()
+        code, log = await sipp.wait(40)
+        assert code == 0, log[-3000:]
+    await wait_for(call.done.is_set, 5, "the call to end")
+    assert call.end_reason == "caller_hangup"
+    assert ("caller", "5") in call.transcript, call.transcript
+    assert env.bridge.ua.malformed >= 3
+    assert call.media is not None and call.media.stats.foreign >= 2 and call.media.stats.dtmf >= 1
+    assert env.events.of(call.call_id)[-1] == "call_ended"
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def _outbound(
+    env: SipEnv, t: Tenant, scenario: str, p: RtpPhone | None, ring_s: float
+) -> tuple[BridgeCall, SippRun]:
+    port = free_udp_port()
+    args = ["-set", "rtp", str(p.port if p else 4000)] if p else []
+    sipp = await run_sipp(env, scenario, *args, port=port)
+    await asyncio.sleep(0.3)  # SIPp binds its port
+    env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"trunk": f"127.0.0.1:{port}"})
+    info = CallInfo(str(uuid.uuid4()), t.tenant_id, t.agent_id, "outbound", t.number, "+15557654321", {})
+    call = await env.bridge.dial(info, ring_s, max_calls=10)
+    return call, sipp
+
+
+async def test_outbound_call_answered_then_hung_up_by_the_platform(env: SipEnv) -> None:
+    t = await env.tenant()
+    async with phone() as p:
+        call, sipp = await _outbound(env, t, "uas_answer", p, 10)
+        await asyncio.wait_for(p.first_packet.wait(), 20)
+        await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+        await silence_after_speech(p)  # the agent greets the callee
+        await call.end("api_hangup")
+        code, log = await sipp.wait(20)
+        assert code == 0, log[-3000:]
+    assert env.events.of(call.call_id) == ["call_ringing", "call_connected", "call_ended"]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+@pytest.mark.parametrize(("scenario", "reason"), [("uas_busy", "busy"), ("uas_no_answer", "no_answer")])
+async def test_outbound_call_not_answered_fails_with_the_reason(
+    env: SipEnv, scenario: str, reason: str
+) -> None:
+    t = await env.tenant()
+    call, sipp = await _outbound(env, t, scenario, None, 1.5)
+    code, log = await sipp.wait(30)
+    assert code == 0, log[-3000:]
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == reason
+    assert env.events.of(call.call_id) == ["call_ringing", "call_failed"]
+    failed = env.events.get(call.call_id, "call_failed")
+    assert failed.reason == reason and failed.to_number == "+15557654321"  # type: ignore[attr-defined]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0

@@ -361,8 +361,8 @@ class UserAgent(asyncio.DatagramProtocol):
             return
         call.note("<-", msg)
         self.server_respond(msg, response_to(msg, 200, "OK", to_tag=call.local_tag), addr)
-        call.respond(487, "Request Terminated")
         call.finish("cancelled")
+        call.respond(487, "Request Terminated")
 
     def _in_dialog(self, msg: SipMessage, addr: Addr) -> None:
         call = self._dialogs.get((msg.call_id, msg.to.tag))
@@ -553,14 +553,18 @@ class UserAgent(asyncio.DatagramProtocol):
             if resp.status in (180, 183) and on_ringing is not None:
                 on_ringing()
 
+        # The INVITE transaction runs on its own; the ring timeout is ours: on expiry we CANCEL and
+        # the transaction then ends with the callee's 487 (which is ACKed below like any non-2xx).
+        invite_tx = asyncio.ensure_future(self.send_request(req, peer, provisional, invite_timeout=3600.0))
         try:
-            final = await self.send_request(req, peer, provisional, invite_timeout=ring_timeout)
+            final = await self._ring(call, invite_tx, ring_timeout)
         except SipTimeoutError:
-            if call.provisional.is_set():
-                await call.cancel()
-                call.finish("no_answer")
-            else:
-                call.finish("unreachable")
+            call.finish("no_answer" if call.provisional.is_set() else "unreachable")
+            call.final.set_result(response_to(req, 408, "Request Timeout"))
+            return call
+        if final.status == 487 and call.ended.done():  # our CANCEL won
+            call.note("<-", final)
+            self._send_ack(call, final, same_transaction=True)
             call.final.set_result(response_to(req, 408, "Request Timeout"))
             return call
         call.note("<-", final)
@@ -585,6 +589,27 @@ class UserAgent(asyncio.DatagramProtocol):
         self.register_dialog(call)
         self._send_ack(call, final)
         return call
+
+    async def _ring(
+        self, call: OutboundCall, invite_tx: asyncio.Future[SipMessage], ring_timeout: float
+    ) -> SipMessage:
+        """The final response, or CANCEL once it has rung for `ring_timeout` (then the 487)."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            if deadline is None and call.provisional.is_set():
+                deadline = loop.time() + ring_timeout
+            step = 0.05 if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait({invite_tx}, timeout=step)
+            if done:
+                return invite_tx.result()  # SipTimeoutError when nothing ever answered
+            if deadline is not None and loop.time() >= deadline:
+                call.finish("no_answer")
+                await call.cancel()
+                try:
+                    return await asyncio.wait_for(invite_tx, 64 * T1)
+                except TimeoutError:
+                    raise SipTimeoutError("no 487 after CANCEL") from None
 
     def _send_ack(self, call: OutboundCall, final: SipMessage, same_transaction: bool = False) -> None:
         invite = call.invite
