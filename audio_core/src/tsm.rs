@@ -16,6 +16,7 @@ pub const MAX_RATE: f64 = 0.05;
 pub struct Wsola {
     hop: usize,
     search: usize,
+    min_shift: f64,
     stride: usize,
     buf: Vec<f32>,
     /// Start of the natural continuation of the last emitted segment (next input to play).
@@ -44,6 +45,7 @@ impl Wsola {
         Self {
             hop,
             search,
+            min_shift: rate as f64 / 1000.0,
             stride,
             buf: Vec::with_capacity(hop * 16),
             cont: 0,
@@ -116,7 +118,11 @@ impl Wsola {
         let hi_avail = self.buf.len() - h;
         let hi = ((centre + self.search as i64).max(0) as usize).min(hi_avail);
         let mut best = self.cont;
-        if rate != 0.0 && lo <= hi {
+        // A splice moves by about a pitch period (>= 2.5 ms) and is only taken when it brings the
+        // position closer to nominal, which cannot happen until we are 1 ms or more off: skip the
+        // search until then (at small rates, such as clock drift, most hops).
+        let off = (want - self.cont as f64).abs();
+        if rate != 0.0 && lo <= hi && off >= self.min_shift {
             // Coarse search on a decimated grid, then refine around the best lag.
             let st = self.stride;
             let mut best_score = f32::NEG_INFINITY;
