@@ -512,6 +512,15 @@ def leg_quality() -> dict[str, Any]:
         pcmu_ratio = float(r.boundary_steps(skip_end=tail).max()) / refs[16000]
         worst_ratio["pcmu_16k"] = max(worst_ratio["pcmu_16k"], pcmu_ratio)
     drift = [d for (name, _), ds in steady.items() if name.startswith("drift") for d in ds]
+    # What time-scaling costs when it works: whole replays (Python driving included), per pop.
+    cost = {}
+    for name in ("clean", "jitter40", "drift_fast_1"):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter_ns()
+            r = schedules.replay(corpus[name], opus)
+            best = min(best, (time.perf_counter_ns() - t0) / len(r.kinds) / 1000.0)
+        cost[name] = best
     return {
         "leg_latency_ms": {
             "clean_p50": statistics.median(steady[("clean", "16k_direct")]),
@@ -531,6 +540,7 @@ def leg_quality() -> dict[str, Any]:
             "clean_p50_xcorr": xcorr_latency(corpus["clean"], opus),
             "jitter40_p50_xcorr": xcorr_latency(corpus["jitter40"], opus),
         },
+        "leg_replay_us_per_frame": cost,
         "max_boundary_step_ratio": max(worst_ratio.values()),
         "boundary_step_ratio_by_path": worst_ratio,
         "schedules": sorted(corpus),
