@@ -29,6 +29,7 @@ from services.control.common import (
 from services.control.errors import invalid, not_found
 from services.control.state import ControlState
 from services.shared.grpc_server import Context
+from services.shared.outbound_http import OutboundPolicy
 from voice.v1 import agents_pb2, agents_pb2_grpc
 
 OUTPUT_ONLY = frozenset({"id", "tenant_id", "create_time", "update_time"})
@@ -73,7 +74,7 @@ def _check_unit(value: float, field: str, lo: float, hi: float) -> None:
         raise invalid(field, f"must be between {lo} and {hi}")
 
 
-def validate(agent: agents_pb2.Agent) -> None:
+def validate(agent: agents_pb2.Agent, outbound: OutboundPolicy | None = None) -> None:
     """Everything the agent service relies on, checked on write so a bad agent never reaches a call."""
     check_strings(agent, "agent.")
     check_text(agent.name, "agent.name", max_len=255, required=True)
@@ -98,9 +99,13 @@ def validate(agent: agents_pb2.Agent) -> None:
                 jsonschema.Draft202012Validator.check_schema(schema)
             except jsonschema.SchemaError as exc:
                 raise invalid(f"{field}.input_schema", f"is not a valid JSON Schema: {exc.message}") from None
-        if tool.kind == agents_pb2.TOOL_KIND_WEBHOOK and not re.match(r"^https?://[^\s/]+", tool.webhook_url):
-            raise invalid(f"{field}.webhook_url", "an http(s) URL is required for webhook tools")
         check_text(tool.webhook_url, f"{field}.webhook_url", max_len=2048)
+        if tool.kind == agents_pb2.TOOL_KIND_WEBHOOK:
+            # The agent will POST there on a caller's behalf: a public https URL only (no SSRF).
+            try:
+                (outbound or OutboundPolicy()).check_url(tool.webhook_url)
+            except ValueError as exc:
+                raise invalid(f"{field}.webhook_url", str(exc)) from None
         if tool.timeout_ms > 60_000:
             raise invalid(f"{field}.timeout_ms", "must be at most 60000")
     for i, target in enumerate(agent.transfer_targets):
@@ -153,6 +158,7 @@ async def _voice_ref(conn: Conn, tenant_id: uuid.UUID, agent: agents_pb2.Agent) 
 class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     def __init__(self, state: ControlState) -> None:
         self._s = state
+        self._outbound = OutboundPolicy.from_settings(state.settings.outbound_http)
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: Context
@@ -178,7 +184,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.CreateAgentResponse:
         p = self._s.principal(context, Permission.WRITE)
         agent = request.agent
-        validate(agent)
+        validate(agent, self._outbound)
         tenant_id = uuid.UUID(p.tenant_id)
         async with self._s.pool.acquire() as conn:
             voice_id = await _voice_ref(conn, tenant_id, agent)
@@ -227,7 +233,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             if row is None:
                 raise not_found("agent")
             merged = apply_mask(to_proto(row), request.agent, request.update_mask, OUTPUT_ONLY)
-            validate(merged)
+            validate(merged, self._outbound)
             voice_id = await _voice_ref(conn, tenant_id, merged)
             row = await conn.fetchrow(
                 """UPDATE agents SET name = $3, description = $4, voice_id = $5, system_prompt = $6,

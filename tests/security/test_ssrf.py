@@ -6,6 +6,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from services.agent.ports import ToolUse
@@ -19,6 +20,8 @@ from services.shared.outbound_http import (
     safe_client,
 )
 from services.shared.settings import OutboundHttpSettings
+from tests.control.env import ControlPlane
+from tests.gateway.helpers import error
 from tests.peers.asgi import LoopbackServer, Receive, Scope, Send, read_body, send_bytes
 from voice.v1 import agents_pb2
 
@@ -164,3 +167,17 @@ def test_public_address_table() -> None:
         "2002:7f00:1::1",
     ):
         assert not is_public(ipaddress.ip_address(inside)), inside
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://169.254.169.254/latest", "https://10.0.0.5/hook", "http://127.0.0.1:9/hook", "https://[::1]/x"],
+)
+async def test_inside_urls_are_refused_when_configured(
+    cp: ControlPlane, http: httpx.AsyncClient, url: str
+) -> None:
+    _, key = await cp.tenant()
+    h = {"X-API-Key": key}
+    tool = {"name": "t", "description": "d", "kind": "TOOL_KIND_WEBHOOK", "webhookUrl": url}
+    error(await http.post("/v1/agents", json={"name": "a", "tools": [tool]}, headers=h), 400, 3)
+    error(await http.post("/v1/webhooks", json={"url": url}, headers=h), 400, 3)
