@@ -12,7 +12,7 @@ export ENVIRONMENT ?= development
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
         proto-breaking rust-check pytest lock bench-audio fuzz demo-cloud migrate gateway bench-gateway bootstrap bench-agent \
-        tts tts-down bench-tts
+        tts tts-down bench-tts bench-events
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -110,6 +110,9 @@ gateway: migrate ## run the REST gateway on api_gateway.port (8000); needs the c
 
 bootstrap: migrate ## the operator's tenant + platform-admin API key on a fresh install (TENANT="Name")
 	@$(PY) -m services.control.bootstrap --tenant "$${TENANT:-Operator}"
+
+bench-events: services ## event publish rate (acked, pipelined), publish->handled latency at 1k/s, worker throughput; JSON
+	@$(PY) -m benchmarks.events.bench
 
 bench-gateway: services ## GET /v1/agents/{id} via the gateway (vegeta) vs GetAgent via ghz; prints JSON
 	@$(PY) -m benchmarks.gateway.bench

@@ -92,7 +92,7 @@ class Backoff:
 class Subscription:
     bus: EventBus
     durable: str
-    filter_subject: str
+    filter_subject: str | list[str]
     handler: Handler
     concurrency: int
     max_deliver: int
@@ -140,8 +140,13 @@ class Subscription:
         while not self._stopping:
             try:
                 if psub is None:
+                    first = (
+                        self.filter_subject
+                        if isinstance(self.filter_subject, str)
+                        else self.filter_subject[0]
+                    )
                     psub = await self.bus.js.pull_subscribe(
-                        self.filter_subject, durable=self.durable, stream=self.bus.stream, config=config
+                        first, durable=self.durable, stream=self.bus.stream, config=config
                     )
                 self.stats.last_fetch = time.monotonic()
                 try:
@@ -265,7 +270,7 @@ class Subscription:
 async def subscribe(
     bus: EventBus,
     durable: str,
-    filter_subject: str,
+    filter_subject: str | list[str],
     handler: Handler,
     *,
     concurrency: int = 2,
@@ -276,7 +281,8 @@ async def subscribe(
     on_outcome: Callable[[str, str], None] | None = None,
     slots: asyncio.Semaphore | None = None,
 ) -> Subscription:
-    """Creates (or binds to) the durable pull consumer `durable` on `filter_subject` and starts handling
+    """Creates (or binds to) the durable pull consumer `durable` on `filter_subject` (one subject filter or
+    several) and starts handling
     its events, `concurrency` at a time. A new durable starts at the beginning of the stream unless
     `deliver_new_only`. Consumers given the same `slots` share its concurrency (a queue)."""
     config = ConsumerConfig(
@@ -285,7 +291,8 @@ async def subscribe(
         ack_wait=ack_wait_s,
         max_deliver=-1,  # the handler loop decides when to dead-letter, never the server silently
         max_ack_pending=max(concurrency * 4, 64),
-        filter_subject=filter_subject,
+        filter_subject=filter_subject if isinstance(filter_subject, str) else None,
+        filter_subjects=None if isinstance(filter_subject, str) else list(filter_subject),
         deliver_policy=DeliverPolicy.NEW if deliver_new_only else DeliverPolicy.ALL,
     )
     sub = Subscription(

@@ -330,32 +330,9 @@ class EventPublisher:
                 ]
             except Exception as exc:
                 return [exc]
-        futures: list[asyncio.Future[PubAck] | BaseException] = []
-        for event, subject, data in items:
-            try:
-                futures.append(
-                    await bus.js.publish_async(
-                        subject, data, wait_stall=timeout, headers={"Nats-Msg-Id": event.event_id}
-                    )
-                )
-            except Exception as exc:
-                futures.append(exc)
-        pending = [f for f in futures if isinstance(f, asyncio.Future)]
-        if pending:
-            _done, not_done = await asyncio.wait(pending, timeout=timeout)
-            for future in not_done:
-                future.cancel()
-        results: list[PubAck | BaseException] = []
-        for f in futures:
-            if not isinstance(f, asyncio.Future):
-                results.append(f)
-            elif f.cancelled():
-                results.append(TimeoutError("no ack within the publish timeout"))
-            elif f.exception() is not None:
-                results.append(f.exception())  # type: ignore[arg-type]
-            else:
-                results.append(f.result())
-        return results
+        return await bus.publish_pipelined(
+            [(subject, data, event.event_id) for event, subject, data in items], timeout
+        )
 
     # --- spool and dead letters ---------------------------------------------------------------------
 

@@ -274,6 +274,9 @@ class WorkerSettings(ServerSettings):
     # Consecutive failures that open an endpoint's circuit, and how long it stays open.
     webhook_breaker_failures: int = Field(5, ge=1)
     webhook_breaker_open_seconds: float = Field(60.0, gt=0)
+    # How long the worker reuses a tenant's webhook subscriptions before reading them again (a new or
+    # changed webhook receives events from at most this long after the change).
+    webhook_config_cache_seconds: float = Field(2.0, ge=0)
     # A handler that neither acks nor reports progress within this gets the event redelivered.
     ack_wait_seconds: float = Field(30.0, gt=0)
     # Deliveries of one event before it is dead-lettered as poison.

@@ -2,7 +2,7 @@
 
 | consumer (durable) | events          | queue    | writes                                  |
 |--------------------|-----------------|----------|-----------------------------------------|
-| worker_records     | all             | default  | calls (upsert), call_events             |
+| worker_records     | call lifecycle  | default  | calls (upsert), call_events             |
 | worker_transcripts | transcript.turn | default  | transcripts                             |
 | worker_tool_calls  | tool.called     | default  | tool_calls                              |
 | worker_usage       | usage.minute    | default  | usage_records, credit_buckets, hourly   |
@@ -10,7 +10,8 @@
 
 Queues (spec 3.4.5) share a concurrency: default 2, webhooks 4.
 
-Each handler runs in one PostgreSQL transaction and is idempotent on the event id, so an event
+Each handler applies its event atomically (one statement, or one transaction) and is idempotent on the
+event id (or a natural key), so an event
 redelivered (lost ack, worker killed mid-batch) changes nothing the second time. Events of tenants this
 database does not know are acknowledged and counted as skipped. Connections are retried until they
 succeed; `healthy` is true only while every consumer fetches and the deliverer runs.
@@ -37,18 +38,34 @@ from services.worker.metrics import WorkerMetrics
 from services.worker.records import UnknownTenantError, log_call_event, upsert_call
 from services.worker.transcripts import store_tool_call, store_turn
 from services.worker.usage import record_minute
-from services.worker.webhooks import WebhookDeliverer, enqueue
+from services.worker.webhooks import SubscriptionCache, WebhookDeliverer, enqueue
 from voice.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 Projection = Callable[[Conn, events_pb2.Event], Awaitable[object]]
 ALL_EVENTS = f"{SUBJECT_PREFIX}.>"
+# Events that open or advance a call record (turns, tool calls and minutes open it themselves).
+LIFECYCLE = [
+    type_filter(t)
+    for t in (
+        "call.ringing", "call.connected", "agent.joined", "call.transfer_requested", "call.transferred",
+        "call.ended", "call.failed", "room.ready",
+    )
+]  # fmt: skip
 
 
 class Worker:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        on_handled: Callable[[str, events_pb2.Event], None] | None = None,
+    ) -> None:
         self.settings = settings
+        # Told (handler name, event) after each event a handler applied (benchmarks, tests).
+        self._on_handled = on_handled
         self.metrics = WorkerMetrics.create(registry or CollectorRegistry())
         self.pool: asyncpg.Pool | None = None
         self.redis: aioredis.Redis | None = None
@@ -106,12 +123,16 @@ class Worker:
         webhooks = asyncio.Semaphore(cfg.webhooks_concurrency)
         max_attempts = cfg.retry.max_retries or 1
 
+        subscribed = SubscriptionCache(self.settings.worker_service.webhook_config_cache_seconds)
+
         async def deliver(conn: Conn, event: events_pb2.Event) -> None:
+            if not await subscribed.wants(conn, event):
+                return  # most events interest no endpoint: no write at all
             if await enqueue(conn, event, max_attempts) and self.deliverer is not None:
                 self.deliverer.wake()
 
-        consumers: list[tuple[str, str, Projection, asyncio.Semaphore, int]] = [
-            ("worker_records", ALL_EVENTS, self._record, default, cfg.default_concurrency),
+        consumers: list[tuple[str, str | list[str], Projection, asyncio.Semaphore, int]] = [
+            ("worker_records", LIFECYCLE, self._record, default, cfg.default_concurrency),
             (
                 "worker_transcripts",
                 type_filter("transcript.turn"),
@@ -147,17 +168,20 @@ class Worker:
 
     @staticmethod
     async def _record(conn: Conn, event: events_pb2.Event) -> None:
-        record_id = await upsert_call(conn, event)
-        if record_id is not None:
-            await log_call_event(conn, record_id, event)
+        async with conn.transaction():
+            record_id = await upsert_call(conn, event)
+            if record_id is not None:
+                await log_call_event(conn, record_id, event)
 
     def _handler(self, name: str, projection: Projection) -> Callable[[Delivery], Awaitable[None]]:
         async def handle(delivery: Delivery) -> None:
             assert self.pool is not None
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with self.pool.acquire() as conn:
                     await projection(conn, delivery.event)
-            except UnknownTenantError:
+                if self._on_handled is not None:
+                    self._on_handled(name, delivery.event)
+            except (UnknownTenantError, asyncpg.ForeignKeyViolationError):
                 self.metrics.skipped.labels(name, "unknown_tenant").inc()
                 log.debug(
                     "event of an unknown tenant skipped",

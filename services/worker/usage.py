@@ -18,7 +18,12 @@ NIL = uuid.UUID(int=0)
 
 
 async def record_minute(conn: Conn, event: events_pb2.Event) -> bool:
-    """True when the minute was new (and billed). Run inside a transaction."""
+    """True when the minute was new (and billed): record, debit and roll-up in one transaction."""
+    async with conn.transaction():
+        return await _record_minute(conn, event)
+
+
+async def _record_minute(conn: Conn, event: events_pb2.Event) -> bool:
     record_id = await upsert_call(conn, event)
     if record_id is None:
         return False

@@ -84,6 +84,30 @@ async def enqueue(conn: Conn, event: events_pb2.Event, max_attempts: int) -> int
     return len(rows)
 
 
+class SubscriptionCache:
+    """Which event types each tenant's active webhooks want, read at most every `ttl_s` per tenant, so
+    the many events nobody subscribed to cost no database write (a read cache, never used for
+    idempotency: `enqueue` and its unique key decide what is delivered)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._by_tenant: dict[uuid.UUID, tuple[float, set[str]]] = {}
+
+    async def wants(self, conn: Conn, event: events_pb2.Event) -> bool:
+        tenant = tenant_uuid(event)
+        now = time.monotonic()
+        cached = self._by_tenant.get(tenant)
+        if cached is None or now - cached[0] > self._ttl_s:
+            rows = await conn.fetch("SELECT events FROM webhooks WHERE tenant_id = $1 AND active", tenant)
+            types: set[str] = set()
+            for row in rows:
+                types.update(row["events"] or ["*"])
+            if len(self._by_tenant) > 10_000:
+                self._by_tenant.clear()  # bounded: a cache, recomputed on demand
+            self._by_tenant[tenant] = cached = (now, types)
+        return "*" in cached[1] or event.type in cached[1]
+
+
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
     """Delay after failed attempt `attempt` (1-based): base * 2**(attempt-1) capped, with jitter."""
     ceiling: float = min(cap_s, base_s * 2.0 ** (attempt - 1))

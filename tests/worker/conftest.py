@@ -4,7 +4,9 @@ events), a fresh migrated PostgreSQL schema with a control plane on it, the shar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from services.shared.settings import Settings
 from services.worker.server import WorkerServer
 from tests.control.env import ControlPlane, control_plane
 from tests.events.nats_server import PrivateNats
+
+LOOPBACK_VAR = "OUTBOUND_HTTP__ALLOWED_NETWORKS"
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +31,18 @@ async def worker_nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 async def cp(settings: Settings) -> AsyncIterator[ControlPlane]:
-    async with control_plane(settings) as plane:
+    """A control plane that accepts the loopback webhook receivers of these tests (its settings are read
+    from the environment when it starts; the variable is set only for that moment)."""
+    async with contextlib.AsyncExitStack() as stack:
+        previous = os.environ.get(LOOPBACK_VAR)
+        os.environ[LOOPBACK_VAR] = '["127.0.0.0/8"]'
+        try:
+            plane = await stack.enter_async_context(control_plane(settings))
+        finally:
+            if previous is None:
+                del os.environ[LOOPBACK_VAR]
+            else:
+                os.environ[LOOPBACK_VAR] = previous
         yield plane
 
 
