@@ -32,7 +32,7 @@ from services.shared.grpc_server import Context
 from services.shared.outbound_http import OutboundPolicy
 from voice.v1 import agents_pb2, agents_pb2_grpc
 
-OUTPUT_ONLY = frozenset({"id", "tenant_id", "create_time", "update_time"})
+OUTPUT_ONLY = frozenset({"id", "tenant_id", "create_time", "update_time", "tool_signing_version"})
 # Fields with their own columns; everything else of Agent goes to the `settings` JSON.
 _COLUMNS = ("id", "tenant_id", "name", "description", "system_prompt", "greeting", "tools")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -60,7 +60,7 @@ def to_proto(row: asyncpg.Record) -> agents_pb2.Agent:
 def _settings_json(agent: agents_pb2.Agent) -> str:
     rest = agents_pb2.Agent()
     rest.CopyFrom(agent)
-    for name in (*_COLUMNS, "create_time", "update_time"):
+    for name in (*_COLUMNS, "create_time", "update_time", "tool_signing_version"):
         rest.ClearField(name)  # type: ignore[arg-type]
     return json.dumps(json_format.MessageToDict(rest))
 
@@ -160,6 +160,15 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self._s = state
         self._outbound = OutboundPolicy.from_settings(state.settings.outbound_http)
 
+    async def _signed(self, agent: agents_pb2.Agent) -> agents_pb2.Agent:
+        """`agent` with the version of its tenant's tool-signing secret, which the agent service signs
+        its tool webhooks with (the same on every read, so answers stay comparable)."""
+        version = await self._s.pool.fetchval(
+            "SELECT tool_signing_version FROM tenants WHERE id = $1", uuid.UUID(agent.tenant_id)
+        )
+        agent.tool_signing_version = int(version or 1)
+        return agent
+
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: Context
     ) -> agents_pb2.ListAgentsResponse:
@@ -176,7 +185,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             pg.size + 1,
         )
         return agents_pb2.ListAgentsResponse(
-            agents=[to_proto(r) for r in rows[: pg.size]], next_page_token=next_token(rows, pg.size)
+            agents=[await self._signed(to_proto(r)) for r in rows[: pg.size]],
+            next_page_token=next_token(rows, pg.size),
         )
 
     async def CreateAgent(
@@ -202,7 +212,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 _settings_json(agent),
             )
         assert row is not None
-        return agents_pb2.CreateAgentResponse(agent=to_proto(row))
+        return agents_pb2.CreateAgentResponse(agent=await self._signed(to_proto(row)))
 
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: Context
@@ -215,7 +225,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
         if row is None:
             raise not_found("agent")
-        return agents_pb2.GetAgentResponse(agent=to_proto(row))
+        return agents_pb2.GetAgentResponse(agent=await self._signed(to_proto(row)))
 
     async def UpdateAgent(
         self, request: agents_pb2.UpdateAgentRequest, context: Context
@@ -250,7 +260,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 _settings_json(merged),
             )
         assert row is not None
-        return agents_pb2.UpdateAgentResponse(agent=to_proto(row))
+        return agents_pb2.UpdateAgentResponse(agent=await self._signed(to_proto(row)))
 
     async def DeleteAgent(
         self, request: agents_pb2.DeleteAgentRequest, context: Context

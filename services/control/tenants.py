@@ -11,7 +11,7 @@ import asyncpg
 import grpc
 
 from services.control.api_keys import insert_api_key
-from services.control.auth import Permission, Principal
+from services.control.auth import Permission, Principal, resolve_secret
 from services.control.common import (
     Conn,
     apply_mask,
@@ -25,6 +25,7 @@ from services.control.common import (
 from services.control.errors import ApiError, invalid, not_found
 from services.control.state import ControlState
 from services.shared.grpc_server import Context
+from services.shared.tool_signing import tenant_secret
 from voice.v1 import tenants_pb2, tenants_pb2_grpc
 
 _STATUS = {
@@ -177,3 +178,50 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
             )
         assert row is not None
         return tenants_pb2.UpdateTenantResponse(tenant=to_proto(row))
+
+    async def _signing_target(self, context: Context, tenant_id: str) -> uuid.UUID:
+        """The tenant whose tool-signing secret an admin may see: its own (or any, for operators)."""
+        p = self._s.principal(context, Permission.ADMIN)
+        target = parse_id(tenant_id, "tenant")
+        if not p.platform_admin and str(target) != p.tenant_id:
+            raise not_found("tenant")
+        return target
+
+    def _signing_secret(self, tenant_id: uuid.UUID, row: asyncpg.Record) -> tenants_pb2.ToolSigningSecret:
+        master = resolve_secret(self._s.settings, "tool_webhook_secret")
+        version = int(row["tool_signing_version"])
+        secret = tenants_pb2.ToolSigningSecret(
+            secret_hex=tenant_secret(master, str(tenant_id), version).hex(), version=version
+        )
+        rotated = timestamp(row["tool_signing_rotated_at"])
+        if rotated is not None:
+            secret.rotate_time.CopyFrom(rotated)
+        return secret
+
+    async def GetToolSigningSecret(
+        self, request: tenants_pb2.GetToolSigningSecretRequest, context: Context
+    ) -> tenants_pb2.GetToolSigningSecretResponse:
+        tenant_id = await self._signing_target(context, request.tenant_id)
+        row = await self._s.pool.fetchrow(
+            """SELECT tool_signing_version, tool_signing_rotated_at FROM tenants
+               WHERE id = $1 AND deleted_at IS NULL""",
+            tenant_id,
+        )
+        if row is None:
+            raise not_found("tenant")
+        return tenants_pb2.GetToolSigningSecretResponse(secret=self._signing_secret(tenant_id, row))
+
+    async def RotateToolSigningSecret(
+        self, request: tenants_pb2.RotateToolSigningSecretRequest, context: Context
+    ) -> tenants_pb2.RotateToolSigningSecretResponse:
+        tenant_id = await self._signing_target(context, request.tenant_id)
+        row = await self._s.pool.fetchrow(
+            """UPDATE tenants
+               SET tool_signing_version = tool_signing_version + 1, tool_signing_rotated_at = NOW()
+               WHERE id = $1 AND deleted_at IS NULL
+               RETURNING tool_signing_version, tool_signing_rotated_at""",
+            tenant_id,
+        )
+        if row is None:
+            raise not_found("tenant")
+        return tenants_pb2.RotateToolSigningSecretResponse(secret=self._signing_secret(tenant_id, row))

@@ -402,6 +402,7 @@ class Agent(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TOOL_SIGNING_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
@@ -409,6 +410,10 @@ class Agent(_message.Message):
     system_prompt: _builtins.str
     greeting: _builtins.str
     language: _builtins.str
+    tool_signing_version: _builtins.int
+    """Which version of the tenant's tool-signing secret the agent signs webhook requests with (set on
+    GetAgent; see TenantService.GetToolSigningSecret).
+    """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDefinition]: ...
     @_builtins.property
@@ -455,10 +460,11 @@ class Agent(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        tool_signing_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "create_time", b"create_time", "llm", b"llm", "stt", b"stt", "tts", b"tts", "update_time", b"update_time", "vad", b"vad"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "create_time", b"create_time", "description", b"description", "faq", b"faq", "greeting", b"greeting", "id", b"id", "intents", b"intents", "language", b"language", "llm", b"llm", "metadata", b"metadata", "name", b"name", "stt", b"stt", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "tools", b"tools", "transfer_targets", b"transfer_targets", "tts", b"tts", "update_time", b"update_time", "vad", b"vad"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "create_time", b"create_time", "description", b"description", "faq", b"faq", "greeting", b"greeting", "id", b"id", "intents", b"intents", "language", b"language", "llm", b"llm", "metadata", b"metadata", "name", b"name", "stt", b"stt", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "tool_signing_version", b"tool_signing_version", "tools", b"tools", "transfer_targets", b"transfer_targets", "tts", b"tts", "update_time", b"update_time", "vad", b"vad"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,13 +28,23 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voice/v1/tenants.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x06Tenant\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.voice.v1.TenantStatus\x12\x1c\n\x14max_concurrent_calls\x18\x04 \x01(\r\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x13ListTenantsResponse\x12!\n\x07tenants\x18\x01 \x03(\x0b\x32\x10.voice.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x13\x43reateTenantRequest\x12&\n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.TenantB\x04\xe2\x41\x01\x02\"U\n\x14\x43reateTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant\x12\x1b\n\radmin_api_key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"$\n\x10GetTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x11GetTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant\"n\n\x13UpdateTenantRequest\x12&\n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.TenantB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x14UpdateTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant*d\n\x0cTenantStatus\x12\x1d\n\x19TENANT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14TENANT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17TENANT_STATUS_SUSPENDED\x10\x02\x32\xb4\x03\n\rTenantService\x12_\n\x0bListTenants\x12\x1c.voice.v1.ListTenantsRequest\x1a\x1d.voice.v1.ListTenantsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/tenants\x12j\n\x0c\x43reateTenant\x12\x1d.voice.v1.CreateTenantRequest\x1a\x1e.voice.v1.CreateTenantResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/tenants:\x06tenant\x12^\n\tGetTenant\x12\x1a.voice.v1.GetTenantRequest\x1a\x1b.voice.v1.GetTenantResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/tenants/{id}\x12v\n\x0cUpdateTenant\x12\x1d.voice.v1.UpdateTenantRequest\x1a\x1e.voice.v1.UpdateTenantResponse\"\'\x82\xd3\xe4\x93\x02!2\x17/v1/tenants/{tenant.id}:\x06tenantb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voice/v1/tenants.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x11ToolSigningSecret\x12\x18\n\nsecret_hex\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0brotate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"6\n\x1bGetToolSigningSecretRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"K\n\x1cGetToolSigningSecretResponse\x12+\n\x06secret\x18\x01 \x01(\x0b\x32\x1b.voice.v1.ToolSigningSecret\"9\n\x1eRotateToolSigningSecretRequest\x12\x17\n\ttenant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x1fRotateToolSigningSecretResponse\x12+\n\x06secret\x18\x01 \x01(\x0b\x32\x1b.voice.v1.ToolSigningSecret\"\xb9\x01\n\x06Tenant\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.voice.v1.TenantStatus\x12\x1c\n\x14max_concurrent_calls\x18\x04 \x01(\r\x12\x0c\n\x04plan\x18\x05 \x01(\t\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x13ListTenantsResponse\x12!\n\x07tenants\x18\x01 \x03(\x0b\x32\x10.voice.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x13\x43reateTenantRequest\x12&\n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.TenantB\x04\xe2\x41\x01\x02\"U\n\x14\x43reateTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant\x12\x1b\n\radmin_api_key\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"$\n\x10GetTenantRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x11GetTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant\"n\n\x13UpdateTenantRequest\x12&\n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.TenantB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"8\n\x14UpdateTenantResponse\x12 \n\x06tenant\x18\x01 \x01(\x0b\x32\x10.voice.v1.Tenant*d\n\x0cTenantStatus\x12\x1d\n\x19TENANT_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14TENANT_STATUS_ACTIVE\x10\x01\x12\x1b\n\x17TENANT_STATUS_SUSPENDED\x10\x02\x32\x81\x06\n\rTenantService\x12_\n\x0bListTenants\x12\x1c.voice.v1.ListTenantsRequest\x1a\x1d.voice.v1.ListTenantsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/tenants\x12j\n\x0c\x43reateTenant\x12\x1d.voice.v1.CreateTenantRequest\x1a\x1e.voice.v1.CreateTenantResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x0b/v1/tenants:\x06tenant\x12^\n\tGetTenant\x12\x1a.voice.v1.GetTenantRequest\x1a\x1b.voice.v1.GetTenantResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/tenants/{id}\x12v\n\x0cUpdateTenant\x12\x1d.voice.v1.UpdateTenantRequest\x1a\x1e.voice.v1.UpdateTenantResponse\"\'\x82\xd3\xe4\x93\x02!2\x17/v1/tenants/{tenant.id}:\x06tenant\x12\x9a\x01\n\x14GetToolSigningSecret\x12%.voice.v1.GetToolSigningSecretRequest\x1a&.voice.v1.GetToolSigningSecretResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/tenants/{tenant_id}/tool-signing-secret\x12\xad\x01\n\x17RotateToolSigningSecret\x12(.voice.v1.RotateToolSigningSecretRequest\x1a).voice.v1.RotateToolSigningSecretResponse\"=\x82\xd3\xe4\x93\x02\x37\"2/v1/tenants/{tenant_id}/tool-signing-secret:rotate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voice.v1.tenants_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['secret_hex']._loaded_options = None
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['secret_hex']._serialized_options = b'\342A\001\003'
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['version']._loaded_options = None
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['rotate_time']._loaded_options = None
+  _globals['_TOOLSIGNINGSECRET'].fields_by_name['rotate_time']._serialized_options = b'\342A\001\003'
+  _globals['_GETTOOLSIGNINGSECRETREQUEST'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_GETTOOLSIGNINGSECRETREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\342A\001\002'
+  _globals['_ROTATETOOLSIGNINGSECRETREQUEST'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_ROTATETOOLSIGNINGSECRETREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\342A\001\002'
   _globals['_TENANT'].fields_by_name['id']._loaded_options = None
   _globals['_TENANT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
   _globals['_TENANT'].fields_by_name['name']._loaded_options = None
@@ -57,26 +67,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANTSERVICE'].methods_by_name['GetTenant']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/tenants/{id}'
   _globals['_TENANTSERVICE'].methods_by_name['UpdateTenant']._loaded_options = None
   _globals['_TENANTSERVICE'].methods_by_name['UpdateTenant']._serialized_options = b'\202\323\344\223\002!2\027/v1/tenants/{tenant.id}:\006tenant'
-  _globals['_TENANTSTATUS']._serialized_start=911
-  _globals['_TENANTSTATUS']._serialized_end=1011
-  _globals['_TENANT']._serialized_start=167
-  _globals['_TENANT']._serialized_end=352
-  _globals['_LISTTENANTSREQUEST']._serialized_start=354
-  _globals['_LISTTENANTSREQUEST']._serialized_end=413
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=415
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=496
-  _globals['_CREATETENANTREQUEST']._serialized_start=498
-  _globals['_CREATETENANTREQUEST']._serialized_end=559
-  _globals['_CREATETENANTRESPONSE']._serialized_start=561
-  _globals['_CREATETENANTRESPONSE']._serialized_end=646
-  _globals['_GETTENANTREQUEST']._serialized_start=648
-  _globals['_GETTENANTREQUEST']._serialized_end=684
-  _globals['_GETTENANTRESPONSE']._serialized_start=686
-  _globals['_GETTENANTRESPONSE']._serialized_end=739
-  _globals['_UPDATETENANTREQUEST']._serialized_start=741
-  _globals['_UPDATETENANTREQUEST']._serialized_end=851
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=853
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=909
-  _globals['_TENANTSERVICE']._serialized_start=1014
-  _globals['_TENANTSERVICE']._serialized_end=1450
+  _globals['_TENANTSERVICE'].methods_by_name['GetToolSigningSecret']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['GetToolSigningSecret']._serialized_options = b'\202\323\344\223\002-\022+/v1/tenants/{tenant_id}/tool-signing-secret'
+  _globals['_TENANTSERVICE'].methods_by_name['RotateToolSigningSecret']._loaded_options = None
+  _globals['_TENANTSERVICE'].methods_by_name['RotateToolSigningSecret']._serialized_options = b'\202\323\344\223\0027\"2/v1/tenants/{tenant_id}/tool-signing-secret:rotate:\001*'
+  _globals['_TENANTSTATUS']._serialized_start=1308
+  _globals['_TENANTSTATUS']._serialized_end=1408
+  _globals['_TOOLSIGNINGSECRET']._serialized_start=166
+  _globals['_TOOLSIGNINGSECRET']._serialized_end=289
+  _globals['_GETTOOLSIGNINGSECRETREQUEST']._serialized_start=291
+  _globals['_GETTOOLSIGNINGSECRETREQUEST']._serialized_end=345
+  _globals['_GETTOOLSIGNINGSECRETRESPONSE']._serialized_start=347
+  _globals['_GETTOOLSIGNINGSECRETRESPONSE']._serialized_end=422
+  _globals['_ROTATETOOLSIGNINGSECRETREQUEST']._serialized_start=424
+  _globals['_ROTATETOOLSIGNINGSECRETREQUEST']._serialized_end=481
+  _globals['_ROTATETOOLSIGNINGSECRETRESPONSE']._serialized_start=483
+  _globals['_ROTATETOOLSIGNINGSECRETRESPONSE']._serialized_end=561
+  _globals['_TENANT']._serialized_start=564
+  _globals['_TENANT']._serialized_end=749
+  _globals['_LISTTENANTSREQUEST']._serialized_start=751
+  _globals['_LISTTENANTSREQUEST']._serialized_end=810
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=812
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=893
+  _globals['_CREATETENANTREQUEST']._serialized_start=895
+  _globals['_CREATETENANTREQUEST']._serialized_end=956
+  _globals['_CREATETENANTRESPONSE']._serialized_start=958
+  _globals['_CREATETENANTRESPONSE']._serialized_end=1043
+  _globals['_GETTENANTREQUEST']._serialized_start=1045
+  _globals['_GETTENANTREQUEST']._serialized_end=1081
+  _globals['_GETTENANTRESPONSE']._serialized_start=1083
+  _globals['_GETTENANTRESPONSE']._serialized_end=1136
+  _globals['_UPDATETENANTREQUEST']._serialized_start=1138
+  _globals['_UPDATETENANTREQUEST']._serialized_end=1248
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=1250
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=1306
+  _globals['_TENANTSERVICE']._serialized_start=1411
+  _globals['_TENANTSERVICE']._serialized_end=2180
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class TenantServiceStub:
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant.
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
     """
 
     def __init__(self, channel):
@@ -55,10 +56,21 @@ class TenantServiceStub:
                 request_serializer=voice_dot_v1_dot_tenants__pb2.UpdateTenantRequest.SerializeToString,
                 response_deserializer=voice_dot_v1_dot_tenants__pb2.UpdateTenantResponse.FromString,
                 _registered_method=True)
+        self.GetToolSigningSecret = channel.unary_unary(
+                '/voice.v1.TenantService/GetToolSigningSecret',
+                request_serializer=voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretResponse.FromString,
+                _registered_method=True)
+        self.RotateToolSigningSecret = channel.unary_unary(
+                '/voice.v1.TenantService/RotateToolSigningSecret',
+                request_serializer=voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant.
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
     """
 
     def ListTenants(self, request, context):
@@ -81,6 +93,21 @@ class TenantServiceServicer:
 
     def UpdateTenant(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetToolSigningSecret(self, request, context):
+        """The secret the agent signs this tenant's tool webhook requests with (X-Voice-Signature), so the
+        tenant's endpoints can verify them. Admin permission on the tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToolSigningSecret(self, request, context):
+        """Replaces the secret; calls starting afterwards sign with the new one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -108,6 +135,16 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     request_deserializer=voice_dot_v1_dot_tenants__pb2.UpdateTenantRequest.FromString,
                     response_serializer=voice_dot_v1_dot_tenants__pb2.UpdateTenantResponse.SerializeToString,
             ),
+            'GetToolSigningSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToolSigningSecret,
+                    request_deserializer=voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretResponse.SerializeToString,
+            ),
+            'RotateToolSigningSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToolSigningSecret,
+                    request_deserializer=voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'voice.v1.TenantService', rpc_method_handlers)
@@ -117,7 +154,8 @@ def add_TenantServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TenantService:
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant.
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
     """
 
     @staticmethod
@@ -218,6 +256,60 @@ class TenantService:
             '/voice.v1.TenantService/UpdateTenant',
             voice_dot_v1_dot_tenants__pb2.UpdateTenantRequest.SerializeToString,
             voice_dot_v1_dot_tenants__pb2.UpdateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetToolSigningSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.TenantService/GetToolSigningSecret',
+            voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretRequest.SerializeToString,
+            voice_dot_v1_dot_tenants__pb2.GetToolSigningSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToolSigningSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.TenantService/RotateToolSigningSecret',
+            voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretRequest.SerializeToString,
+            voice_dot_v1_dot_tenants__pb2.RotateToolSigningSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

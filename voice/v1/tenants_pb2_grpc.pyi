@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TenantServiceStub:
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant."""
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,19 +39,35 @@ class TenantServiceStub:
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.CreateTenantRequest, _tenants_pb2.CreateTenantResponse]
     GetTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantRequest, _tenants_pb2.GetTenantResponse]
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.UpdateTenantRequest, _tenants_pb2.UpdateTenantResponse]
+    GetToolSigningSecret: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.GetToolSigningSecretRequest, _tenants_pb2.GetToolSigningSecretResponse]
+    """The secret the agent signs this tenant's tool webhook requests with (X-Voice-Signature), so the
+    tenant's endpoints can verify them. Admin permission on the tenant.
+    """
+    RotateToolSigningSecret: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.RotateToolSigningSecretRequest, _tenants_pb2.RotateToolSigningSecretResponse]
+    """Replaces the secret; calls starting afterwards sign with the new one."""
 
 @_typing.type_check_only
 class TenantServiceAsyncStub(TenantServiceStub):
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant."""
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListTenants: _aio.UnaryUnaryMultiCallable[_tenants_pb2.ListTenantsRequest, _tenants_pb2.ListTenantsResponse]  # type: ignore[assignment]
     CreateTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.CreateTenantRequest, _tenants_pb2.CreateTenantResponse]  # type: ignore[assignment]
     GetTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantRequest, _tenants_pb2.GetTenantResponse]  # type: ignore[assignment]
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.UpdateTenantRequest, _tenants_pb2.UpdateTenantResponse]  # type: ignore[assignment]
+    GetToolSigningSecret: _aio.UnaryUnaryMultiCallable[_tenants_pb2.GetToolSigningSecretRequest, _tenants_pb2.GetToolSigningSecretResponse]  # type: ignore[assignment]
+    """The secret the agent signs this tenant's tool webhook requests with (X-Voice-Signature), so the
+    tenant's endpoints can verify them. Admin permission on the tenant.
+    """
+    RotateToolSigningSecret: _aio.UnaryUnaryMultiCallable[_tenants_pb2.RotateToolSigningSecretRequest, _tenants_pb2.RotateToolSigningSecretResponse]  # type: ignore[assignment]
+    """Replaces the secret; calls starting afterwards sign with the new one."""
 
 class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Tenants (the businesses on the platform). Platform-admin only, except GetTenant of one's own tenant."""
+    """Tenants (the businesses on the platform). Platform admins manage every tenant; a tenant admin reads its
+    own tenant, changes its name, and reads or rotates its tool-signing secret.
+    """
 
     @_abc_1.abstractmethod
     def ListTenants(
@@ -78,5 +96,23 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenants_pb2.UpdateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenants_pb2.UpdateTenantResponse, _abc.Awaitable[_tenants_pb2.UpdateTenantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetToolSigningSecret(
+        self,
+        request: _tenants_pb2.GetToolSigningSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenants_pb2.GetToolSigningSecretResponse, _abc.Awaitable[_tenants_pb2.GetToolSigningSecretResponse]]:
+        """The secret the agent signs this tenant's tool webhook requests with (X-Voice-Signature), so the
+        tenant's endpoints can verify them. Admin permission on the tenant.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateToolSigningSecret(
+        self,
+        request: _tenants_pb2.RotateToolSigningSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenants_pb2.RotateToolSigningSecretResponse, _abc.Awaitable[_tenants_pb2.RotateToolSigningSecretResponse]]:
+        """Replaces the secret; calls starting afterwards sign with the new one."""
 
 def add_TenantServiceServicer_to_server(servicer: TenantServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -48,8 +48,9 @@ from services.agent.resilience.telemetry import Telemetry
 from services.agent.resilience.tts import ClipLibrary, FallbackTextToSpeech, GuardedTextToSpeech
 from services.agent.tools.signing import tenant_secret
 from services.agent.tools.webhook import WebhookToolRunner
+from services.control.auth import resolve_secret
 from services.shared.outbound_http import safe_client
-from services.shared.settings import AgentServiceSettings, OutboundHttpSettings, Settings
+from services.shared.settings import AgentServiceSettings, OutboundHttpSettings, Settings, SettingsError
 from voice.v1 import agents_pb2
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,17 @@ class ProviderSecrets:
         return cls(
             deepgram_api_key=reveal(settings.deepgram_api_key),
             anthropic_api_key=reveal(settings.anthropic_api_key),
-            tool_webhook_secret=reveal(settings.tool_webhook_secret).encode(),
+            tool_webhook_secret=tool_master_secret(settings),
         )
+
+
+def tool_master_secret(settings: Settings) -> bytes:
+    """TOOL_WEBHOOK_SECRET; in development/test, when unset, the local one the control plane also uses
+    (services/control/auth.py resolve_secret), so the secret a tenant reads is the one we sign with."""
+    try:
+        return resolve_secret(settings, "tool_webhook_secret")
+    except SettingsError:
+        return b""
 
 
 def sentences(text: str) -> list[str]:
@@ -229,7 +239,7 @@ class ProviderFactory:
         return WebhookToolRunner(
             tools=webhooks,
             http=self.http,
-            secret=tenant_secret(self.tool_secret, agent.tenant_id),
+            secret=tenant_secret(self.tool_secret, agent.tenant_id, agent.tool_signing_version or 1),
             tenant_id=agent.tenant_id,
             agent_id=agent.id,
             default_timeout_s=self.settings.tools.webhook_timeout_seconds,

@@ -10,6 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+# Per-tenant secrets are derived in services/shared (the control plane hands them to tenants too).
+from services.shared.tool_signing import tenant_secret
+
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "sign", "signature_headers", "tenant_secret", "verify"]
+
 TIMESTAMP_HEADER = "X-Voice-Timestamp"
 SIGNATURE_HEADER = "X-Voice-Signature"
 SCHEME = "v1"
@@ -45,8 +50,3 @@ def verify(
     # A header may carry several signatures (secret rotation): any match will do.
     candidates = [part.strip() for part in signature_header.split(",")]
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
-
-
-def tenant_secret(master: bytes, tenant_id: str) -> bytes:
-    """A per-tenant signing secret derived from the platform's, so tenants never share one."""
-    return hmac.new(master, b"tool-webhook:" + tenant_id.encode(), hashlib.sha256).digest()
