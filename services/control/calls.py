@@ -3,7 +3,9 @@ transfer / hang-up requests that the telephony edge executes from the event bus.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import uuid
 from datetime import UTC, datetime
@@ -27,12 +29,15 @@ from services.control.common import (
     parse_ref,
     timestamp,
 )
+from services.control.edge import Edge
 from services.control.errors import ApiError, failed_precondition, invalid, not_found
 from services.control.state import ControlState
 from services.shared.call_slots import CallSlots
 from services.shared.events import call_event_id, new_event
 from services.shared.grpc_server import Context
-from voice.v1 import agent_session_pb2, calls_pb2, calls_pb2_grpc, common_pb2, events_pb2
+from voice.v1 import agent_session_pb2, call_control_pb2, calls_pb2, calls_pb2_grpc, common_pb2, events_pb2
+
+log = logging.getLogger(__name__)
 
 _STATUS = {
     common_pb2.CALL_STATUS_INITIATING: "initiating",
@@ -109,6 +114,9 @@ def _tool_call(row: asyncpg.Record) -> calls_pb2.ToolCall:
 class CallServicer(calls_pb2_grpc.CallServiceServicer):
     def __init__(self, state: ControlState) -> None:
         self._s = state
+        self._edge = Edge(lambda: state.settings)
+        # Outbound calls being handed to the bridge (Dial in progress), by call id.
+        self._dials: dict[str, asyncio.Task[None]] = {}
 
     async def ListCalls(
         self, request: calls_pb2.ListCallsRequest, context: Context
@@ -256,7 +264,48 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
         )
         # Kept by the bridge while the call lives; this bounds a call that never reaches it.
         await self._s.redis.expire(call_state_key(str(call_id)), CALL_STATE_TTL_SECONDS)
+        dial = call_control_pb2.DialRequest(
+            call_id=str(call_id),
+            tenant_id=p.tenant_id,
+            agent_id=str(agent_id),
+            from_number=from_number,
+            to_number=request.to_number,
+            context=dict(request.context),
+        )
+        task = asyncio.get_running_loop().create_task(self._place(dial), name=f"dial-{call_id}")
+        self._dials[str(call_id)] = task
+        task.add_done_callback(lambda _t: self._dials.pop(str(call_id), None))
         return calls_pb2.CreateCallResponse(call=to_proto(row))
+
+    async def _place(self, dial: call_control_pb2.DialRequest) -> None:
+        """Hands the call to the bridge. If no bridge takes it, the call fails here: its slot is freed
+        and call.failed says why (the bridge reports everything after a successful Dial)."""
+        try:
+            await self._edge.dial_until_placed(dial)
+            return
+        except grpc.aio.AioRpcError as exc:
+            reason = (
+                "no_capacity" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "bridge_unavailable"
+            )
+            log.warning(
+                f"outbound call not placed: {exc.code().name}: {exc.details()}",
+                extra={"data": {"call_id": dial.call_id, "code": exc.code().name, "details": exc.details()}},
+            )
+        try:
+            await CallSlots(self._s.redis).release(dial.call_id)
+            await self._s.redis.hset(
+                call_state_key(dial.call_id), mapping={"status": "failed", "end_reason": reason}
+            )
+            failed = events_pb2.CallFailed(
+                reason=reason,
+                direction=common_pb2.CALL_DIRECTION_OUTBOUND,
+                agent_id=dial.agent_id,
+                from_number=dial.from_number,
+                to_number=dial.to_number,
+            )
+            await self._publish(dial.tenant_id, dial.call_id, call_failed=failed)
+        except Exception:
+            log.exception("failed call not recorded", extra={"data": {"call_id": dial.call_id}})
 
     async def _caller_id(self, conn: Conn, tenant_id: uuid.UUID, agent_id: uuid.UUID, requested: str) -> str:
         if requested:
@@ -316,6 +365,18 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             raise invalid("target", "must be E.164 (+15551234567) or ext:NNNN")
         check_text(request.context, "context", max_len=4_000)
         check_text(request.reason, "reason", max_len=255)
+        # The bridge carrying the call executes the transfer; without one the request is recorded for
+        # whichever edge carries the call (call.transfer_requested on the bus).
+        try:
+            await self._edge.transfer(
+                str(call["id"]), request.type, request.target, request.context, request.reason
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise failed_precondition(
+                    "CALL_NOT_CONNECTED", "only a connected call can be transferred"
+                ) from None
+            raise
         row = await self._s.pool.fetchrow(
             """UPDATE calls SET status = 'transferring', transferred_to = $3, updated_at = NOW()
                WHERE id = $1 AND tenant_id = $2 AND status IN ('connected', 'on_hold') RETURNING *""",
@@ -342,6 +403,12 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
         check_text(request.reason, "reason", max_len=100)
         tenant_id = uuid.UUID(p.tenant_id)
         call = await self._call(tenant_id, request.id)
+        pending = self._dials.pop(str(call["id"]), None)
+        if pending is not None:
+            pending.cancel()
+        # A live call is hung up by its bridge (which reports call.ended); the record is closed here too,
+        # so the answer shows it ended.
+        await self._edge.hangup(str(call["id"]), request.reason or "api_hangup")
         now = datetime.now(UTC)
         row = await self._s.pool.fetchrow(
             """UPDATE calls SET status = 'completed', ended_at = $3, end_reason = $4, updated_at = NOW(),

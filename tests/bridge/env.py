@@ -24,12 +24,13 @@ from services.agent.demo_agent import demo_agent
 from services.agent.directory import StaticDirectory
 from services.agent.server import build_server as build_agent
 from services.bridge.call import BridgeCall
+from services.bridge.control import CallControlServicer
 from services.bridge.service import Bridge
 from services.shared.grpc_channels import open_channel
-from services.shared.grpc_server import GrpcServer
+from services.shared.grpc_server import GrpcServer, bind
 from services.shared.settings import Settings
 from tests.control.env import ControlPlane, control_plane
-from voice.v1 import agent_session_pb2_grpc, agents_pb2
+from voice.v1 import agent_session_pb2_grpc, agents_pb2, call_control_pb2, call_control_pb2_grpc
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -195,11 +196,34 @@ async def sip_env(settings: Settings, *, auto_answer: bool = True) -> AsyncItera
         calls: list[BridgeCall] = []
         bridge.on_call = calls.append
         await bridge.start()
+        # CallControlService on an ephemeral port; the control plane dials through it.
+        ports = base.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+        control = GrpcServer(
+            "bridge",
+            ports,
+            [
+                bind(
+                    call_control_pb2, call_control_pb2_grpc, "CallControlService", CallControlServicer(bridge)
+                )
+            ],
+            serve_metrics_http=False,
+            platform=base,
+        )
+        await control.start()
+        # The control plane calls it as the control service (what its runner sets in production).
+        cp_settings = cp.state.settings
+        cp.state.settings = cp_settings.model_copy(
+            update={
+                "webrtc_bridge": cp_settings.webrtc_bridge.model_copy(update={"grpc_port": control.port}),
+                "internal_tls": cp_settings.internal_tls.model_copy(update={"identity": "control"}),
+            }
+        )
         workdir = Path(tempfile.mkdtemp(prefix="bridge-test-"))
         env = SipEnv(cp, bridge, agent, redis, events, calls, workdir, directory)
         try:
             yield env
         finally:
+            await control.stop(grace=0)
             await bridge.close()
             await channel.close()
             await agent.stop(grace=1)

@@ -22,10 +22,12 @@ from services.agent.providers.stt.pocketsphinx import PocketSphinxStt
 from services.agent.providers.tts import TritonTextToSpeech
 from services.bridge.call import BridgeCall, CallInfo
 from services.bridge.state import CallState
+from services.control.auth import Permission
 from services.shared.call_slots import active_calls_key
 from services.shared.settings import Settings
 from tests.bridge.env import SCENARIOS, SipEnv, SippRun, Tenant, free_udp_port, run_sipp, sip_env
 from tests.bridge.phone import RATE, RtpPhone
+from voice.v1 import calls_pb2, calls_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("triton")
 
@@ -285,4 +287,26 @@ async def test_outbound_call_not_answered_fails_with_the_reason(
     assert env.events.of(call.call_id) == ["call_ringing", "call_failed"]
     failed = env.events.get(call.call_id, "call_failed")
     assert failed.reason == reason and failed.to_number == "+15557654321"  # type: ignore[attr-defined]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_post_calls_is_placed_by_the_bridge_and_fails_with_the_reason(env: SipEnv) -> None:
+    """CreateCall (POST /v1/calls) -> the control plane's Dial -> the bridge -> a busy callee: the call
+    fails with reason busy and its concurrent-call slot is free again."""
+    t = await env.tenant()
+    port = free_udp_port()
+    sipp = await run_sipp(env, "uas_busy", port=port)
+    await asyncio.sleep(0.3)
+    env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"trunk": f"127.0.0.1:{port}"})
+    stub = calls_pb2_grpc.CallServiceStub(env.cp.channel)
+    reply = await stub.CreateCall(
+        calls_pb2.CreateCallRequest(agent_id=t.agent_id, to_number="+15557654321"),
+        metadata=env.cp.metadata(t.tenant_id, Permission.WRITE),
+    )
+    code, log = await sipp.wait(30)
+    assert code == 0, log[-3000:]
+    call = env.call(reply.call.id)
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == "busy" and call.info.from_number == t.number
+    assert env.events.of(call.call_id) == ["call_ringing", "call_failed"]
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
