@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -38,6 +39,9 @@ from services.shared.events import DEAD_LETTER_PREFIX, SUBJECT_PREFIX, EventBus
 from voice.v1 import events_pb2
 
 log = logging.getLogger(__name__)
+
+# Events asked for per pull request at most, and how long a request waits for events to arrive.
+PULL_EXPIRES_S = 5.0
 
 
 class Poison(Exception):
@@ -104,6 +108,7 @@ class Subscription:
     _task: asyncio.Task[None] | None = None
     _handlers: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
+    _consumer_ok: bool = False
 
     @property
     def running(self) -> bool:
@@ -134,50 +139,78 @@ class Subscription:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self, config: ConsumerConfig) -> None:
+        """A continuous pull: one pull request at a time for up to `PULL_BATCH` events, which the stream
+        delivers as they arrive (no waiting for a batch to fill: an idle consumer hands an event over in
+        a millisecond, a busy one gets them in bulk). A request expires after `PULL_EXPIRES_S`; then, or
+        once fully delivered, the next one goes out."""
         slots = self.slots or asyncio.Semaphore(self.concurrency)
-        failures = 0
-        psub = None
-        while not self._stopping:
-            try:
-                if psub is None:
-                    first = (
-                        self.filter_subject
-                        if isinstance(self.filter_subject, str)
-                        else self.filter_subject[0]
-                    )
-                    psub = await self.bus.js.pull_subscribe(
-                        first, durable=self.durable, stream=self.bus.stream, config=config
-                    )
-                self.stats.last_fetch = time.monotonic()
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        arrived: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_message(msg: Msg) -> None:
+            arrived.put_nowait(msg)
+
+        sub = await nc.subscribe(inbox, cb=on_message)
+        request_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.stream}.{self.durable}"
+        batch = max(self.concurrency * 4, 8)
+        outstanding, deadline, failures = 0, 0.0, 0
+        try:
+            while not self._stopping:
                 try:
-                    msgs = await psub.fetch(batch=self.concurrency, timeout=1.0)
-                except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch within the second
+                    if outstanding <= 0 or time.monotonic() > deadline:
+                        await self._ensure_consumer(config)
+                        request = {"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}
+                        await nc.publish(request_subject, json.dumps(request).encode(), reply=inbox)
+                        outstanding, deadline = batch, time.monotonic() + PULL_EXPIRES_S + 1.0
+                        self.stats.last_fetch = time.monotonic()
+                    try:
+                        msg = await asyncio.wait_for(arrived.get(), max(deadline - time.monotonic(), 0.01))
+                    except TimeoutError:
+                        outstanding = 0  # the request is gone (expired, or the server restarted)
+                        continue
+                    self.stats.last_fetch = time.monotonic()
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status is not None and not msg.data:
+                        if status != "100":  # 404/408: request done or expired; 409: consumer changed
+                            outstanding = 0
+                            if status == "409":
+                                self._consumer_ok = False
+                        continue
+                    outstanding -= 1
                     failures = 0
-                    continue
-                failures = 0
-                for msg in msgs:
                     await slots.acquire()
                     task = asyncio.create_task(self._handle(msg))
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
                     task.add_done_callback(lambda _: slots.release())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                if failures == 1 or failures % 20 == 0:
-                    log.warning(
-                        "consumer %s cannot fetch (%s: %s); retrying",
-                        self.durable,
-                        type(exc).__name__,
-                        exc,
-                    )
-                if isinstance(exc, nats.js.errors.NotFoundError | nats.errors.ConnectionClosedError):
-                    psub = None  # the consumer or the connection is gone: subscribe again
-                await asyncio.sleep(min(0.2 * failures, 2.0))
-        if psub is not None:
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    outstanding = 0
+                    self._consumer_ok = False
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning(
+                            "consumer %s cannot pull (%s: %s); retrying",
+                            self.durable,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    await asyncio.sleep(min(0.2 * failures, 2.0))
+        finally:
             with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+                await sub.unsubscribe()
+
+    async def _ensure_consumer(self, config: ConsumerConfig) -> None:
+        """Creates the durable consumer when missing (first start, or the stream was recreated)."""
+        if self._consumer_ok:
+            return
+        try:
+            await self.bus.js.consumer_info(self.bus.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            await self.bus.js.add_consumer(self.bus.stream, config=config)
+        self._consumer_ok = True
 
     async def _handle(self, msg: Msg) -> None:
         attempt = int(msg.metadata.num_delivered or 1)
