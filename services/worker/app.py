@@ -36,6 +36,7 @@ from services.shared.settings import Settings
 from services.worker.db import Conn
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import UnknownTenantError, log_call_event, upsert_call
+from services.worker.scheduler import Scheduler
 from services.worker.transcripts import store_tool_call, store_turn
 from services.worker.usage import record_minute
 from services.worker.webhooks import SubscriptionCache, WebhookDeliverer, enqueue
@@ -72,6 +73,7 @@ class Worker:
         self.bus: EventBus | None = None
         self.deliverer: WebhookDeliverer | None = None
         self.subscriptions: list[Subscription] = []
+        self.scheduler: Scheduler | None = None
         self._task: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
 
@@ -103,6 +105,9 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         await self._subscribe()
+        assert self.pool is not None
+        self.scheduler = Scheduler(self.pool, self.metrics)
+        self.scheduler.start()
         self._monitor = asyncio.create_task(self._watch(), name="worker-monitor")
         log.info(
             "worker consumers running", extra={"data": {"consumers": [s.durable for s in self.subscriptions]}}
@@ -214,6 +219,9 @@ class Worker:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
         await asyncio.gather(*(s.stop() for s in self.subscriptions), return_exceptions=True)
         self.subscriptions = []
         if self.deliverer is not None:
