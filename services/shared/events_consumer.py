@@ -203,13 +203,15 @@ class Subscription:
                 await sub.unsubscribe()
 
     async def _ensure_consumer(self, config: ConsumerConfig) -> None:
-        """Creates the durable consumer when missing (first start, or the stream was recreated)."""
+        """Creates the durable consumer, or updates it to this config (a new release may filter other
+        subjects); where the server refuses the update, the existing consumer is used as it is."""
         if self._consumer_ok:
             return
         try:
-            await self.bus.js.consumer_info(self.bus.stream, self.durable)
-        except nats.js.errors.NotFoundError:
             await self.bus.js.add_consumer(self.bus.stream, config=config)
+        except nats.js.errors.BadRequestError as exc:
+            log.warning("consumer %s kept its previous configuration: %s", self.durable, exc.description)
+            await self.bus.js.consumer_info(self.bus.stream, self.durable)
         self._consumer_ok = True
 
     async def _handle(self, msg: Msg) -> None:
