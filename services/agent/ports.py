@@ -31,6 +31,19 @@ class VoiceActivity(Protocol):
     def new_stream(self) -> VadStream: ...
 
 
+# --- End of turn ------------------------------------------------------------------------------------
+
+
+class EndOfTurnModel(Protocol):
+    """Judges from the audio whether the caller has finished their turn or only paused in it."""
+
+    name: str
+
+    async def complete_probability(self, pcm16: bytes) -> float:
+        """Probability (0..1) that the turn in `pcm16` (16 kHz, the turn so far, newest last) is over."""
+        ...
+
+
 # --- Speech to text ---------------------------------------------------------------------------------
 
 
@@ -98,6 +111,9 @@ class ChatMessage:
     tool_uses: Sequence[ToolUse] = ()
     # For role "user": results of the assistant's previous tool uses, by tool-use id.
     tool_results: Mapping[str, str] = field(default_factory=dict)
+    # For role "user": how sure the recogniser was of `text` (lowest of the turn's finals; 1.0 when typed
+    # or keyed), so a model can ask again instead of acting on a mishearing.
+    confidence: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,15 @@ async def test_three_turn_call_ends_in_a_warm_transfer_with_a_briefing(caller: S
     lines = [
         "Hi, what are your opening hours on Saturday?",
         "I would like to book an appointment with Doctor Smith.",
+        "Yes please.",
         "Can I speak to someone at reception please?",
     ]
     record = await caller.call(CallScript(lines=lines))
     said = [text for text, _ in agent_lines(record)]
     assert said[1] == HOURS_ANSWER
-    assert said[2].startswith("I can book that for you.")
-    assert said[3].startswith("Of course. I'm transferring you")
+    assert said[2].startswith("Just to confirm: you'd like to book an appointment.")  # no booking yet
+    assert said[3].startswith("I can book that for you.")
+    assert said[4].startswith("Of course. I'm transferring you")
     assert record.transfer is not None
     assert record.transfer.type == pb.TRANSFER_TYPE_WARM and record.transfer.target == "ext:100"
     assert "reception" in record.transfer.context

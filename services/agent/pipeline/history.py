@@ -31,8 +31,8 @@ class Conversation:
     messages: list[ChatMessage] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
 
-    def add_caller(self, text: str) -> None:
-        self._append(ChatMessage("user", text))
+    def add_caller(self, text: str, confidence: float = 1.0) -> None:
+        self._append(ChatMessage("user", text, confidence=confidence))
 
     def add_agent(self, text: str, tool_uses: tuple[ToolUse, ...] = ()) -> ChatMessage | None:
         """Records what the agent said; returns the message so a barge-in can truncate it later."""
@@ -59,7 +59,7 @@ class Conversation:
         if self.messages and self.messages[-1].role == "user" and self.messages[-1].text.endswith(text):
             rest = self.messages[-1].text[: -len(text)].strip()
             if rest:
-                self.messages[-1] = ChatMessage("user", rest)
+                self.messages[-1] = ChatMessage("user", rest, confidence=self.messages[-1].confidence)
             else:
                 self.messages.pop()
 
@@ -71,7 +71,11 @@ class Conversation:
         if self.messages and message.role == "user" == self.messages[-1].role and not message.tool_results:
             previous = self.messages[-1]
             if not previous.tool_results:
-                self.messages[-1] = ChatMessage("user", f"{previous.text} {message.text}".strip())
+                self.messages[-1] = ChatMessage(
+                    "user",
+                    f"{previous.text} {message.text}".strip(),
+                    confidence=min(previous.confidence, message.confidence),
+                )
                 return
         self.messages.append(message)
         self._compact()

@@ -143,9 +143,8 @@ class CachedAnswers:
         self._policy = policy
 
     async def stream(self, request: LlmRequest) -> AsyncIterator[LlmEvent]:
-        last = request.messages[-1] if request.messages else None
-        asked = last is not None and last.role == "user" and bool(last.text)
-        if asked and last is not None and self._policy.reply_to(last.text).matched == "fallback":
+        reply = self._policy.reply_for(request)
+        if reply is not None and reply.matched == "fallback":
             raise ProviderUnavailable(self.name, "no cached answer for this question")
         async for event in self._policy.stream(request):
             yield event
