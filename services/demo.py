@@ -28,6 +28,7 @@ from services.shared.dependency_health import check_all
 from services.shared.settings import Settings, SettingsError, load_settings
 from services.softphone.caller import CallScript, ScriptedCaller
 from services.softphone.report import latency_table, write_wav
+from services.softphone.sip_call import demo_call
 
 DEMO_LINES = [
     "Hi, what are your opening hours on Saturday?",
@@ -143,7 +144,21 @@ async def main(argv: list[str]) -> int:
             print(f"  tenant {seeded.tenant_id}, agent {seeded.agent_id}; the agent service reads it from")
             print("  the control plane (GetAgent) when the call starts.")
             summary = await CallSummary.begin(settings, gateway)
-            ok &= await place_call(settings, platform, seeded.tenant_id, seeded.agent_id, seeded.api_key)
+            # A phone call over SIP/RTP through the bridge (place_call above is the same talk on Converse).
+            tts = TritonTextToSpeech(settings.agent_service.tts)
+            try:
+                ok &= await demo_call(
+                    settings,
+                    tts,
+                    DEMO_LINES,
+                    gateway=gateway,
+                    api_key=seeded.api_key,
+                    tenant_id=seeded.tenant_id,
+                    agent_id=seeded.agent_id,
+                    recording=RECORDING,
+                )
+            finally:
+                await tts.close()
             ok &= await summary.show()
     finally:
         if args.up:

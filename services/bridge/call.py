@@ -31,6 +31,7 @@ from services.bridge.sip.ua import OutboundCall, SipCall
 from services.bridge.state import PUBLIC_STATUS, CallState, CallStateMachine, IllegalTransition
 from services.bridge.store import CallStore
 from services.shared.call_slots import CallSlots
+from services.shared.events import call_event_id, new_event
 from services.shared.settings import BridgeTimeoutSettings
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, common_pb2, events_pb2, media_pb2
@@ -49,7 +50,11 @@ _DIRECTION = {"inbound": common_pb2.CALL_DIRECTION_INBOUND, "outbound": common_p
 
 
 class EventSink(Protocol):
+    """services.shared.events_publisher.EventPublisher: never blocks the call."""
+
     def emit(self, tenant_id: str, call_id: str, **payload: Message) -> None: ...
+
+    def publish(self, event: events_pb2.Event) -> None: ...
 
 
 @dataclass
@@ -75,7 +80,8 @@ class CallDeps:
     illegal: Counter
     errors: Counter
     instance: str
-    transfer: Callable[[BridgeCall, pb.TransferRequest], Awaitable[None]]
+    # (call, request, announce): announce = publish call.transfer_requested (not when the agent asked).
+    transfer: Callable[[BridgeCall, pb.TransferRequest, bool], Awaitable[None]]
 
 
 class BridgeCall:
@@ -393,8 +399,8 @@ class BridgeCall:
             self.latencies.append(response.latency)
         elif kind == "end_call":
             self._spawn(self._end_after_playout(response.end_call.reason or "agent_hangup"))
-        elif kind == "transfer":
-            self._spawn(self.deps.transfer(self, response.transfer))
+        elif kind == "transfer":  # the agent has published call.transfer_requested itself
+            self._spawn(self.deps.transfer(self, response.transfer, False))
 
     async def _end_after_playout(self, reason: str) -> None:
         # The agent's last words are still in the playout buffer: let them go out (bounded).
@@ -465,7 +471,13 @@ class BridgeCall:
         if self.answered_at is not None:
             seconds = (datetime.now(UTC) - self.answered_at).total_seconds()
             ended.duration.FromMilliseconds(int(seconds * 1000))
-        self.emit(call_ended=ended)
+        # The agent reports the end of its stream too: the same stable id makes it one stored event.
+        event_id = call_event_id(self.info.tenant_id, self.call_id, "call.ended")
+        self.deps.events.publish(
+            new_event(
+                self.info.tenant_id, self.call_id, self.deps.instance, event_id=event_id, call_ended=ended
+            )
+        )
 
     async def end(self, reason: str, *, failed: bool = False) -> None:
         """Ends the call, however it ends (idempotent)."""

@@ -313,16 +313,17 @@ class Bridge:
 
     # ---- transfer
 
-    async def transfer(self, call: BridgeCall, request: pb.TransferRequest) -> None:
+    async def transfer(self, call: BridgeCall, request: pb.TransferRequest, announce: bool = True) -> None:
         """Blind/warm transfer by the bridge (B2BUA): dial the target, and once it answers relay the
         caller to it and let the agent go. If the target does not answer the agent keeps the call."""
         if not await call.move(CallState.TRANSFERRING):
             return
-        call.emit(
-            call_transfer_requested=events_pb2.CallTransferRequested(
-                type=request.type, target=request.target, context=request.context, reason=request.reason
+        if announce:
+            call.emit(
+                call_transfer_requested=events_pb2.CallTransferRequested(
+                    type=request.type, target=request.target, context=request.context, reason=request.reason
+                )
             )
-        )
         media = self._new_media(None)
         await media.start()
         offer = build_sdp(

@@ -1,6 +1,7 @@
-"""The media side of a test phone: one UDP socket that sends PCMU RTP on a 20 ms clock (speech when it
-has some, silence otherwise) and records what the bridge sends back, like a desk phone would. SIP is
-done by SIPp; this socket's port is what SIPp's SDP offers. RFC 4733 DTMF too."""
+"""The media side of a softphone: one UDP socket that sends PCMU RTP on a 20 ms clock (speech when it
+has some, silence otherwise) and records what comes back with its arrival time, like a desk phone.
+Symmetric: it answers where the far end's RTP comes from (before that, where `peer` says). RFC 4733
+DTMF too. The SIP side is someone else's (SIPp in the tests, services.bridge's UA in the demo)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,25 @@ import audio_core
 RATE = 8000
 FRAME = 160  # samples per 20 ms at 8 kHz
 Addr = tuple[str, int]
+OPUS_RATE = 16000  # wideband ("HD voice") PCM in and out when the phone speaks Opus
+OPUS_PT = 111
 
 
 class RtpPhone(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
+    """`codec` "pcmu" (PCM16 8 kHz in `say`/`audio`) or "opus" (PCM16 16 kHz, RTP clock 48 kHz)."""
+
+    def __init__(self, codec: str = "pcmu") -> None:
+        if codec not in ("pcmu", "opus"):
+            raise ValueError("codec must be pcmu or opus")
+        self.codec = codec
+        self.rate = OPUS_RATE if codec == "opus" else RATE
+        self.payload_type = OPUS_PT if codec == "opus" else 0
+        self._encoder = audio_core.OpusEncoder(OPUS_RATE, 1) if codec == "opus" else None
         self.port = 0
         self.peer: Addr | None = None
         self.received: list[tuple[int, bytes]] = []  # (sequence, payload) of audio packets
+        self.arrivals: list[float] = []  # loop time of each received audio packet
+        self.sent: list[tuple[float, bytes]] = []  # (loop time, PCM16 8 kHz) of speech frames sent
         self.first_packet = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._speech = bytearray()  # PCM16 8 kHz waiting to be sent
@@ -30,6 +43,8 @@ class RtpPhone(asyncio.DatagramProtocol):
         self._ssrc = secrets.randbits(32)
         self._task: asyncio.Task[None] | None = None
         self.sent_speech_frames = 0
+        self._quiet = asyncio.Event()  # set while there is nothing left to say
+        self._quiet.set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -53,12 +68,19 @@ class RtpPhone(asyncio.DatagramProtocol):
             packet = audio_core.parse_rtp(data)
         except ValueError:
             return
-        if packet.payload_type == 0:
+        if packet.payload_type == self.payload_type:
             self.received.append((packet.sequence, packet.payload))
+            self.arrivals.append(asyncio.get_running_loop().time())
             self.first_packet.set()
 
     def say(self, pcm16_8k: bytes) -> None:
         self._speech += pcm16_8k
+        if self._speech:
+            self._quiet.clear()
+
+    async def spoken(self) -> None:
+        """Returns once everything given to `say` has been sent."""
+        await self._quiet.wait()
 
     def press(self, digit: str) -> None:
         """Queues one RFC 4733 event (100 ms, three end packets)."""
@@ -73,12 +95,19 @@ class RtpPhone(asyncio.DatagramProtocol):
         return bool(self._speech)
 
     def audio(self) -> bytes:
-        """Everything received, in sequence order, decoded to PCM16 8 kHz (gaps not filled)."""
+        """Everything received, in sequence order, decoded to PCM16 at `rate` (gaps not filled)."""
         if not self.received:
             return b""
         base = self.received[0][0]
         ordered = sorted(self.received, key=lambda p: (p[0] - base) & 0xFFFF)
+        if self.codec == "opus":
+            decoder = audio_core.OpusDecoder(OPUS_RATE, 1)
+            return b"".join(decoder.decode(payload) for _, payload in ordered)
         return audio_core.ulaw_decode(b"".join(payload for _, payload in ordered))
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rate // 50 * 2
 
     async def _clock(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,15 +121,22 @@ class RtpPhone(asyncio.DatagramProtocol):
                         dtmf_ts = self._ts
                     packet = audio_core.build_rtp(101, self._seq, dtmf_ts, self._ssrc, payload)
                 else:
-                    pcm = bytes(self._speech[: FRAME * 2]).ljust(FRAME * 2, b"\x00")
+                    size = self.frame_bytes
+                    pcm = bytes(self._speech[:size]).ljust(size, b"\x00")
                     if self._speech:
                         self.sent_speech_frames += 1
-                    del self._speech[: FRAME * 2]
-                    packet = audio_core.build_rtp(
-                        0, self._seq, self._ts, self._ssrc, audio_core.ulaw_encode(pcm)
-                    )
+                        self.sent.append((loop.time(), pcm))
+                    del self._speech[:size]
+                    if not self._speech:
+                        self._quiet.set()
+                    if self._encoder is not None:
+                        payload = self._encoder.encode(pcm)
+                    else:
+                        payload = audio_core.ulaw_encode(pcm)
+                    packet = audio_core.build_rtp(self.payload_type, self._seq, self._ts, self._ssrc, payload)
                 self._transport.sendto(packet, self.peer)
                 self._seq = (self._seq + 1) & 0xFFFF
-                self._ts = (self._ts + FRAME) & 0xFFFFFFFF
+                # RTP clock: 8 kHz for G.711 and telephone-event, 48 kHz for Opus (RFC 7587).
+                self._ts = (self._ts + (960 if self.codec == "opus" else FRAME)) & 0xFFFFFFFF
             next_tick += 0.02
             await asyncio.sleep(max(0.0, next_tick - loop.time()))

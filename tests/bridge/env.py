@@ -30,7 +30,7 @@ from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer, bind
 from services.shared.settings import Settings
 from tests.control.env import ControlPlane, control_plane
-from voice.v1 import agent_session_pb2_grpc, agents_pb2, call_control_pb2, call_control_pb2_grpc
+from voice.v1 import agent_session_pb2_grpc, agents_pb2, call_control_pb2, call_control_pb2_grpc, events_pb2
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -42,6 +42,11 @@ class RecordedEvents:
     def emit(self, tenant_id: str, call_id: str, **payload: Message) -> None:
         ((case, message),) = payload.items()
         self.events.append((tenant_id, call_id, case, message))
+
+    def publish(self, event: events_pb2.Event) -> None:
+        case = event.WhichOneof("payload")
+        assert case is not None
+        self.events.append((event.tenant_id, event.call_id, case, getattr(event, case)))
 
     def of(self, call_id: str) -> list[str]:
         return [case for _, cid, case, _ in self.events if cid == call_id]

@@ -25,8 +25,8 @@ from services.bridge.state import CallState
 from services.control.auth import Permission
 from services.shared.call_slots import active_calls_key
 from services.shared.settings import Settings
+from services.softphone.rtp_phone import RATE, RtpPhone
 from tests.bridge.env import SCENARIOS, SipEnv, SippRun, Tenant, free_udp_port, run_sipp, sip_env
-from tests.bridge.phone import RATE, RtpPhone
 from voice.v1 import calls_pb2, calls_pb2_grpc
 
 pytestmark = pytest.mark.usefixtures("triton")
