@@ -26,7 +26,6 @@ import binascii
 import json
 import logging
 import math
-import struct
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -53,7 +52,9 @@ from services.shared.settings import (
     TtsClientSettings,
     load_settings,
 )
+from tts_triton.grpc_service import tts_binding
 from tts_triton.voices import VoiceError, VoiceRecord, VoiceRegistry
+from tts_triton.wav import wav_header
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +83,6 @@ class HttpError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
-
-
-def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
-    """RIFF header for PCM16 mono; `None` = unknown length (streaming), sizes set to the maximum."""
-    data_len = 0xFFFFFFFF if data_bytes is None else data_bytes
-    riff_len = 0xFFFFFFFF if data_bytes is None else 36 + data_bytes
-    return (
-        b"RIFF"
-        + struct.pack("<I", riff_len)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", data_len)
-    )
 
 
 @dataclass(frozen=True)
@@ -540,8 +527,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 async def serve(settings: ChatterboxServiceSettings) -> None:
     """The facade's process: HTTP on `port` and voice.v1.TtsService (gRPC) on `grpc_port`."""
     import uvicorn  # noqa: PLC0415 - only the server process needs it
-
-    from tts_triton.grpc_service import tts_binding  # noqa: PLC0415
 
     app = TtsFacade(settings)
     grpc_server = GrpcServer(

@@ -18,7 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.agent.providers.tts import TritonTextToSpeech, TtsError
 from services.shared.grpc_server import ServiceBinding, bind
+from tts_triton.auth import TenantResolver
 from tts_triton.voices import VoiceError, VoiceRecord, VoiceRegistry
+from tts_triton.wav import wav_header
 from voice.v1 import media_pb2, tts_pb2, tts_pb2_grpc, voices_pb2
 
 SAMPLE_RATE = 24000
@@ -68,15 +70,22 @@ async def _abort(context: Context, code: str, message: str) -> NoReturn:
 
 
 class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
-    def __init__(self, tts: TritonTextToSpeech, voices: VoiceRegistry) -> None:
+    """Every RPC acts for one tenant, resolved by `tenants` (tts_triton/auth.py), never taken from the
+    request alone."""
+
+    def __init__(
+        self, tts: TritonTextToSpeech, voices: VoiceRegistry, tenants: TenantResolver | None = None
+    ) -> None:
         self.tts = tts
         self.voices = voices
+        self.tenants = tenants or TenantResolver()
 
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: Context
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
         chunks = self.tts.stream(
-            request.text, voice_id=request.voice_id, tenant_id=request.tenant_id, **_options(request.options)
+            request.text, voice_id=request.voice_id, tenant_id=tenant_id, **_options(request.options)
         )
         timestamp = 0
         try:
@@ -112,13 +121,12 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     async def SynthesizeWav(
         self, request: tts_pb2.SynthesizeWavRequest, context: Context
     ) -> httpbody_pb2.HttpBody:
-        from tts_triton.facade import wav_header  # noqa: PLC0415 - avoids an import cycle
-
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
         try:
             pcm, _info = await self.tts.synthesize_all(
                 request.text,
                 voice_id=request.voice_id,
-                tenant_id=request.tenant_id,
+                tenant_id=tenant_id,
                 **_options(request.options),
             )
         except TtsError as exc:
@@ -128,14 +136,16 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     async def ListTtsVoices(
         self, request: tts_pb2.ListTtsVoicesRequest, context: Context
     ) -> tts_pb2.ListTtsVoicesResponse:
-        voices = await asyncio.to_thread(self.voices.list, request.tenant_id)
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
+        voices = await asyncio.to_thread(self.voices.list, tenant_id)
         return tts_pb2.ListTtsVoicesResponse(voices=[voice_message(v) for v in voices])
 
     async def GetTtsVoice(
         self, request: tts_pb2.GetTtsVoiceRequest, context: Context
     ) -> tts_pb2.GetTtsVoiceResponse:
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
         try:
-            voice = await asyncio.to_thread(self.voices.get, request.voice_id)
+            voice = await asyncio.to_thread(self.voices.get, request.voice_id, tenant_id)
         except VoiceError as exc:
             await _abort(context, exc.kind, str(exc))
         return tts_pb2.GetTtsVoiceResponse(voice=voice_message(voice))
@@ -144,12 +154,17 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         self, request: tts_pb2.RegisterTtsVoiceRequest, context: Context
     ) -> tts_pb2.RegisterTtsVoiceResponse:
         has_defaults = request.HasField("defaults")
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
+        if not tenant_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "tenant_id is required: a cloned voice is a tenant's"
+            )
         try:
             voice = await asyncio.to_thread(
                 self.voices.register,
                 name=request.name,
                 reference_audio=request.reference_audio,
-                tenant_id=request.tenant_id,
+                tenant_id=tenant_id,
                 voice_id=request.voice_id,
                 exaggeration=request.defaults.exaggeration if has_defaults else None,
                 cfg_weight=request.defaults.cfg_weight if has_defaults else None,
@@ -158,6 +173,18 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             await _abort(context, exc.kind, str(exc))
         return tts_pb2.RegisterTtsVoiceResponse(voice=voice_message(voice))
 
+    async def DeleteTtsVoice(
+        self, request: tts_pb2.DeleteTtsVoiceRequest, context: Context
+    ) -> tts_pb2.DeleteTtsVoiceResponse:
+        tenant_id = await self.tenants.tenant(context, request.tenant_id)
+        try:
+            await asyncio.to_thread(self.voices.delete, request.voice_id, tenant_id)
+        except VoiceError as exc:
+            await _abort(context, exc.kind, str(exc))
+        return tts_pb2.DeleteTtsVoiceResponse()
 
-def tts_binding(tts: TritonTextToSpeech, voices: VoiceRegistry) -> ServiceBinding:
-    return bind(tts_pb2, tts_pb2_grpc, "TtsService", TtsServicer(tts, voices))
+
+def tts_binding(
+    tts: TritonTextToSpeech, voices: VoiceRegistry, tenants: TenantResolver | None = None
+) -> ServiceBinding:
+    return bind(tts_pb2, tts_pb2_grpc, "TtsService", TtsServicer(tts, voices, tenants))

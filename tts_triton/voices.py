@@ -165,12 +165,13 @@ class VoiceRegistry:
         }
 
     def get(self, voice_id: str, tenant_id: str = "") -> VoiceRecord:
-        """The voice, if it is built in or belongs to `tenant_id` (an empty tenant sees every voice)."""
+        """The voice, if it is built in or belongs to `tenant_id`. An empty tenant sees the built-in voices
+        only: a cloned voice is never spoken or shown without its tenant."""
         if voice_id in self._built_in:
             return self._built_in[voice_id]
         record = self._load(voice_id) if _VOICE_ID_RE.match(voice_id) else None
         # Another tenant's voice is reported exactly like a missing one, so ids do not leak across tenants.
-        if record is None or (tenant_id and record.tenant_id and record.tenant_id != tenant_id):
+        if record is None or (record.tenant_id and record.tenant_id != tenant_id):
             raise VoiceError("not_found", f"unknown voice_id {voice_id!r}")
         return record
 
@@ -181,7 +182,7 @@ class VoiceRegistry:
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
                 record = self._load(entry.name)
-                if record is not None and (not tenant_id or record.tenant_id in ("", tenant_id)):
+                if record is not None and record.tenant_id in ("", tenant_id):
                     voices.append(record)
         return voices
 
@@ -238,6 +239,19 @@ class VoiceRegistry:
         record = self._load(voice_id)
         assert record is not None
         return record
+
+    def delete(self, voice_id: str, tenant_id: str) -> None:
+        """Removes a cloned voice of `tenant_id` (built-in and other tenants' voices: not_found)."""
+        record = self.get(voice_id, tenant_id)
+        if record.built_in or not record.tenant_id:
+            raise VoiceError("not_found", f"unknown voice_id {voice_id!r}")
+        # Renamed away first, so readers see the voice whole or not at all.
+        trash = self.root / f".deleted.{voice_id}.{secrets.token_hex(4)}"
+        try:
+            (self.root / voice_id).rename(trash)
+        except FileNotFoundError:
+            raise VoiceError("not_found", f"unknown voice_id {voice_id!r}") from None
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _load(self, voice_id: str) -> VoiceRecord | None:
         folder = self.root / voice_id

@@ -35,6 +35,13 @@ BUILTIN_TOOLS = {
 
 
 @dataclass(frozen=True)
+class TenantVoice(VoiceSelection):
+    """The agent's voice and whose agent it is: the TTS node speaks a cloned voice only for its tenant."""
+
+    tenant_id: str = ""
+
+
+@dataclass(frozen=True)
 class TurnTaking:
     vad_threshold: float
     min_speech_ms: int
@@ -98,7 +105,8 @@ def build_profile(agent: agents_pb2.Agent, defaults: AgentServiceSettings) -> Ag
     tts = agent.tts
     return AgentProfile(
         agent=agent,
-        voice=VoiceSelection(
+        voice=TenantVoice(
+            tenant_id=agent.tenant_id,
             voice_id=tts.voice_id or defaults.tts.default_voice_id,
             exaggeration=tts.exaggeration if tts.HasField("exaggeration") else None,
             cfg_weight=tts.cfg_weight if tts.HasField("cfg_weight") else None,

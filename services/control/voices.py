@@ -1,20 +1,32 @@
-"""VoiceService: built-in voices (shared by all tenants, read-only) and a tenant's cloned voices."""
+"""VoiceService: built-in voices (shared by all tenants, read-only) and a tenant's cloned voices.
+
+One store: a cloned voice exists for the platform only when both this record and the TTS node's copy
+exist. CreateVoice registers it with the TTS node (TtsService.RegisterTtsVoice, as the control plane's
+service identity, for the caller's tenant) inside the database transaction, so a node that refuses or
+is unreachable leaves no record; DeleteVoice removes the node's copy too."""
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import uuid
 import wave
+from collections.abc import Awaitable
+from typing import Any
 
 import asyncpg
+import grpc
 
 from services.control.auth import Permission
 from services.control.common import check_strings, check_text, next_token, page, parse_id, timestamp
-from services.control.errors import invalid, not_found
+from services.control.errors import ApiError, invalid, not_found
 from services.control.state import ControlState
+from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import Context
-from voice.v1 import voices_pb2, voices_pb2_grpc
+from voice.v1 import tts_pb2, tts_pb2_grpc, voices_pb2, voices_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 MIN_REFERENCE_SECONDS = 5.0
 MAX_REFERENCE_SECONDS = 60.0
@@ -55,6 +67,25 @@ def reference_duration(audio: bytes) -> float:
 class VoiceServicer(voices_pb2_grpc.VoiceServiceServicer):
     def __init__(self, state: ControlState) -> None:
         self._s = state
+        self._tts: tts_pb2_grpc.TtsServiceAsyncStub | None = None
+
+    def _node(self) -> tts_pb2_grpc.TtsServiceAsyncStub:
+        """The TTS node's TtsService (channel opened on first use, inside the server's event loop)."""
+        if self._tts is None:
+            node = self._s.settings.chatterbox_service
+            channel = open_channel(self._s.settings, f"{node.host}:{node.grpc_port}", identity="control")
+            self._tts = tts_pb2_grpc.TtsServiceStub(channel)
+        return self._tts
+
+    async def _on_node(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise invalid("reference_audio", exc.details() or "refused by the TTS node") from None
+            raise ApiError(
+                grpc.StatusCode.UNAVAILABLE, f"the TTS node could not store the voice ({exc.code().name})"
+            ) from None
 
     async def ListVoices(
         self, request: voices_pb2.ListVoicesRequest, context: Context
@@ -104,20 +135,34 @@ class VoiceServicer(voices_pb2_grpc.VoiceServiceServicer):
         if math.isnan(cfg_weight) or not 0.0 <= cfg_weight <= 1.0:
             raise invalid("defaults.cfg_weight", "must be between 0.0 and 1.0")
         seconds = reference_duration(request.reference_audio)
-        row = await self._s.pool.fetchrow(
-            """INSERT INTO voices (tenant_id, name, description, language, exaggeration, cfg_weight,
-                                   reference_audio, reference_duration_seconds)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-            uuid.UUID(p.tenant_id),
-            request.name,
-            request.description,
-            request.language,
-            exaggeration,
-            cfg_weight,
-            request.reference_audio,
-            seconds,
-        )
-        assert row is not None
+        async with self._s.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO voices (tenant_id, name, description, language, exaggeration, cfg_weight,
+                                       reference_audio, reference_duration_seconds)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+                uuid.UUID(p.tenant_id),
+                request.name,
+                request.description,
+                request.language,
+                exaggeration,
+                cfg_weight,
+                request.reference_audio,
+                seconds,
+            )
+            assert row is not None
+            # The node speaks it under the same id, for this tenant only.
+            await self._on_node(
+                self._node().RegisterTtsVoice(
+                    tts_pb2.RegisterTtsVoiceRequest(
+                        voice_id=str(row["id"]),
+                        tenant_id=p.tenant_id,
+                        name=request.name,
+                        reference_audio=request.reference_audio,
+                        defaults=voices_pb2.VoiceDefaults(exaggeration=exaggeration, cfg_weight=cfg_weight),
+                    ),
+                    timeout=30,
+                )
+            )
         return voices_pb2.CreateVoiceResponse(voice=to_proto(row))
 
     async def DeleteVoice(
@@ -133,4 +178,15 @@ class VoiceServicer(voices_pb2_grpc.VoiceServiceServicer):
         )
         if deleted is None:
             raise not_found("voice")
+        try:
+            await self._node().DeleteTtsVoice(
+                tts_pb2.DeleteTtsVoiceRequest(voice_id=str(deleted), tenant_id=p.tenant_id), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            # NOT_FOUND: the node never had it (or removed it already): the goal is reached either way.
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning(
+                    "voice removal on the TTS node failed",
+                    extra={"data": {"voice_id": str(deleted), "code": exc.code().name}},
+                )
         return voices_pb2.DeleteVoiceResponse()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 import uvicorn
 
 from gateway.app import Gateway
+from services.agent.providers.tts import TritonTextToSpeech
 from services.control.auth import InternalAuth, Permission, Principal, internal_auth
 from services.control.bootstrap import bootstrap
 from services.control.inventory import provision
@@ -31,7 +33,10 @@ from services.control.state import ControlState
 from services.shared.dependency_health import check_all
 from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer
-from services.shared.settings import Settings, load_settings
+from services.shared.settings import ServerSettings, Settings, load_settings
+from tts_triton.auth import TenantResolver
+from tts_triton.grpc_service import tts_binding
+from tts_triton.voices import VoiceRegistry
 
 
 @dataclass
@@ -42,6 +47,8 @@ class ControlPlane:
     auth: InternalAuth
     pool: asyncpg.Pool
     channel: grpc.aio.Channel
+    # Where the test TTS node keeps cloned voices.
+    voices_dir: str = ""
 
     def metadata(
         self, tenant_id: str, permission: Permission = Permission.ADMIN, *, platform_admin: bool = False
@@ -96,16 +103,34 @@ async def control_plane(base: Settings) -> AsyncIterator[ControlPlane]:
         await migrate_url(url)
         # A rate limit far above what the suite sends; tests of the limiter start their own gateway.
         cfg = make_settings(base, url)
+        # The TTS node's TtsService (voice registry only: registering needs no Triton), where CreateVoice
+        # stores cloned voices; on a temporary directory, verifying credentials on this schema.
+        voices_dir = tempfile.TemporaryDirectory(prefix="voices-")
+        tts = TritonTextToSpeech(base.agent_service.tts)
+        tenants = TenantResolver(cfg)
+        tts_node = GrpcServer(
+            "tts",
+            ServerSettings(grpc_port=0, metrics_port=0),
+            [tts_binding(tts, VoiceRegistry(voices_dir.name), tenants)],
+            serve_metrics_http=False,
+        )
+        await tts_node.start()
+        node = cfg.chatterbox_service.model_copy(update={"grpc_port": tts_node.port})
+        cfg = cfg.model_copy(update={"chatterbox_service": node})
         state = build_state(cfg)
         server = build_server(cfg, state)
         await server.start()
         pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
         channel = open_channel(cfg, server.address, identity="gateway")
         try:
-            yield ControlPlane(cfg, server, state, internal_auth(cfg), pool, channel)
+            yield ControlPlane(cfg, server, state, internal_auth(cfg), pool, channel, voices_dir.name)
         finally:
             await channel.close()
             await server.stop(0)
+            await tts_node.stop(0)
+            await tenants.close()
+            await tts.close()
+            voices_dir.cleanup()
             await state.close()
             await pool.close()
     finally:

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def bridge(settings: Settings) -> AsyncIterator[GrpcServer]:
-    ports = settings.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0})
+    sip = settings.webrtc_bridge.sip.model_copy(update={"port": 0})
+    ports = settings.webrtc_bridge.model_copy(update={"grpc_port": 0, "metrics_port": 0, "sip": sip})
     server = build_bridge(settings.model_copy(update={"webrtc_bridge": ports}))
     await server.start()
     yield server

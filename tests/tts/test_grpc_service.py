@@ -104,7 +104,9 @@ async def test_voice_rpcs(stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     assert registered.voice.tenant_id == "t_grpc" and registered.voice.create_time.seconds > 0
     with pytest.raises(grpc.aio.AioRpcError) as short:
         await stub.RegisterTtsVoice(
-            tts_pb2.RegisterTtsVoiceRequest(name="short", reference_audio=reference_wav(2.0))
+            tts_pb2.RegisterTtsVoiceRequest(
+                name="short", tenant_id="t_grpc", reference_audio=reference_wav(2.0)
+            )
         )
     assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "more than 5 s" in (short.value.details() or "")

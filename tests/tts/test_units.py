@@ -62,7 +62,8 @@ def test_registry_round_trip_and_tenancy(tmp_path: Path) -> None:
     voice = registry.register(name="Ann", reference_audio=reference_wav(), tenant_id="t1", exaggeration=0.7)
     assert voice.reference_duration_seconds == pytest.approx(6.0)
     assert registry.get(voice.id, "t1").exaggeration == 0.7
-    assert registry.get(voice.id).name == "Ann"
+    with pytest.raises(VoiceError, match="unknown voice_id"):
+        registry.get(voice.id)  # no tenant: built-in voices only, never every tenant's
     with pytest.raises(VoiceError, match="unknown voice_id") as err:
         registry.get(voice.id, "t2")
     assert err.value.kind == "not_found"

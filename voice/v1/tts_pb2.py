@@ -29,13 +29,15 @@ from voice.v1 import media_pb2 as voice_dot_v1_dot_media__pb2
 from voice.v1 import voices_pb2 as voice_dot_v1_dot_voices__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12voice/v1/tts.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x14voice/v1/media.proto\x1a\x15voice/v1/voices.proto\"\x9d\x01\n\x10SynthesisOptions\x12\x19\n\x0c\x65xaggeration\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\ncfg_weight\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x11\x63hunk_duration_ms\x18\x04 \x01(\rB\x0f\n\r_exaggerationB\r\n\x0b_cfg_weightB\x07\n\x05_seed\"y\n\x11SynthesizeRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08voice_id\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.voice.v1.SynthesisOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\"j\n\rSynthesisInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x1e\n\x16honours_expressiveness\x18\x03 \x01(\x08\x12\x14\n\x0c\x64ropped_tags\x18\x04 \x03(\t\"o\n\x12SynthesizeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.voice.v1.AudioFrame\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12%\n\x04info\x18\x03 \x01(\x0b\x32\x17.voice.v1.SynthesisInfo\"|\n\x14SynthesizeWavRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08voice_id\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.voice.v1.SynthesisOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\")\n\x14ListTtsVoicesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"8\n\x15ListTtsVoicesResponse\x12\x1f\n\x06voices\x18\x01 \x03(\x0b\x32\x0f.voice.v1.Voice\",\n\x12GetTtsVoiceRequest\x12\x16\n\x08voice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x13GetTtsVoiceResponse\x12\x1e\n\x05voice\x18\x01 \x01(\x0b\x32\x0f.voice.v1.Voice\"\x9c\x01\n\x17RegisterTtsVoiceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0freference_audio\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12)\n\x08\x64\x65\x66\x61ults\x18\x04 \x01(\x0b\x32\x17.voice.v1.VoiceDefaults\x12\x10\n\x08voice_id\x18\x05 \x01(\t\":\n\x18RegisterTtsVoiceResponse\x12\x1e\n\x05voice\x18\x01 \x01(\x0b\x32\x0f.voice.v1.Voice2\x8f\x04\n\nTtsService\x12h\n\nSynthesize\x12\x1b.voice.v1.SynthesizeRequest\x1a\x1c.voice.v1.SynthesizeResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/synthesize/stream:\x01*0\x01\x12]\n\rSynthesizeWav\x12\x1e.voice.v1.SynthesizeWavRequest\x1a\x14.google.api.HttpBody\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/synthesize:\x01*\x12\x61\n\rListTtsVoices\x12\x1e.voice.v1.ListTtsVoicesRequest\x1a\x1f.voice.v1.ListTtsVoicesResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/voices\x12\x66\n\x0bGetTtsVoice\x12\x1c.voice.v1.GetTtsVoiceRequest\x1a\x1d.voice.v1.GetTtsVoiceResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/voices/{voice_id}\x12m\n\x10RegisterTtsVoice\x12!.voice.v1.RegisterTtsVoiceRequest\x1a\".voice.v1.RegisterTtsVoiceResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/voices:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12voice/v1/tts.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x14voice/v1/media.proto\x1a\x15voice/v1/voices.proto\"B\n\x15\x44\x65leteTtsVoiceRequest\x12\x16\n\x08voice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteTtsVoiceResponse\"\x9d\x01\n\x10SynthesisOptions\x12\x19\n\x0c\x65xaggeration\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\ncfg_weight\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x12\x19\n\x11\x63hunk_duration_ms\x18\x04 \x01(\rB\x0f\n\r_exaggerationB\r\n\x0b_cfg_weightB\x07\n\x05_seed\"y\n\x11SynthesizeRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08voice_id\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.voice.v1.SynthesisOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\"j\n\rSynthesisInfo\x12\x0e\n\x06\x65ngine\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x1e\n\x16honours_expressiveness\x18\x03 \x01(\x08\x12\x14\n\x0c\x64ropped_tags\x18\x04 \x03(\t\"o\n\x12SynthesizeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.voice.v1.AudioFrame\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\x12%\n\x04info\x18\x03 \x01(\x0b\x32\x17.voice.v1.SynthesisInfo\"|\n\x14SynthesizeWavRequest\x12\x12\n\x04text\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08voice_id\x18\x02 \x01(\t\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.voice.v1.SynthesisOptions\x12\x11\n\ttenant_id\x18\x04 \x01(\t\")\n\x14ListTtsVoicesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"8\n\x15ListTtsVoicesResponse\x12\x1f\n\x06voices\x18\x01 \x03(\x0b\x32\x0f.voice.v1.Voice\"?\n\x12GetTtsVoiceRequest\x12\x16\n\x08voice_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\ttenant_id\x18\x02 \x01(\t\"5\n\x13GetTtsVoiceResponse\x12\x1e\n\x05voice\x18\x01 \x01(\x0b\x32\x0f.voice.v1.Voice\"\x9c\x01\n\x17RegisterTtsVoiceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1d\n\x0freference_audio\x18\x03 \x01(\x0c\x42\x04\xe2\x41\x01\x02\x12)\n\x08\x64\x65\x66\x61ults\x18\x04 \x01(\x0b\x32\x17.voice.v1.VoiceDefaults\x12\x10\n\x08voice_id\x18\x05 \x01(\t\":\n\x18RegisterTtsVoiceResponse\x12\x1e\n\x05voice\x18\x01 \x01(\x0b\x32\x0f.voice.v1.Voice2\xe4\x04\n\nTtsService\x12h\n\nSynthesize\x12\x1b.voice.v1.SynthesizeRequest\x1a\x1c.voice.v1.SynthesizeResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/synthesize/stream:\x01*0\x01\x12]\n\rSynthesizeWav\x12\x1e.voice.v1.SynthesizeWavRequest\x1a\x14.google.api.HttpBody\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/synthesize:\x01*\x12\x61\n\rListTtsVoices\x12\x1e.voice.v1.ListTtsVoicesRequest\x1a\x1f.voice.v1.ListTtsVoicesResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\x07/voices\x12\x66\n\x0bGetTtsVoice\x12\x1c.voice.v1.GetTtsVoiceRequest\x1a\x1d.voice.v1.GetTtsVoiceResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/voices/{voice_id}\x12m\n\x10RegisterTtsVoice\x12!.voice.v1.RegisterTtsVoiceRequest\x1a\".voice.v1.RegisterTtsVoiceResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\"\x07/voices:\x01*\x12S\n\x0e\x44\x65leteTtsVoice\x12\x1f.voice.v1.DeleteTtsVoiceRequest\x1a .voice.v1.DeleteTtsVoiceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voice.v1.tts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DELETETTSVOICEREQUEST'].fields_by_name['voice_id']._loaded_options = None
+  _globals['_DELETETTSVOICEREQUEST'].fields_by_name['voice_id']._serialized_options = b'\342A\001\002'
   _globals['_SYNTHESIZEREQUEST'].fields_by_name['text']._loaded_options = None
   _globals['_SYNTHESIZEREQUEST'].fields_by_name['text']._serialized_options = b'\342A\001\002'
   _globals['_SYNTHESIZEWAVREQUEST'].fields_by_name['text']._loaded_options = None
@@ -56,28 +58,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TTSSERVICE'].methods_by_name['GetTtsVoice']._serialized_options = b'\202\323\344\223\002\024\022\022/voices/{voice_id}'
   _globals['_TTSSERVICE'].methods_by_name['RegisterTtsVoice']._loaded_options = None
   _globals['_TTSSERVICE'].methods_by_name['RegisterTtsVoice']._serialized_options = b'\202\323\344\223\002\014\"\007/voices:\001*'
-  _globals['_SYNTHESISOPTIONS']._serialized_start=168
-  _globals['_SYNTHESISOPTIONS']._serialized_end=325
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=327
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=448
-  _globals['_SYNTHESISINFO']._serialized_start=450
-  _globals['_SYNTHESISINFO']._serialized_end=556
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=558
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=669
-  _globals['_SYNTHESIZEWAVREQUEST']._serialized_start=671
-  _globals['_SYNTHESIZEWAVREQUEST']._serialized_end=795
-  _globals['_LISTTTSVOICESREQUEST']._serialized_start=797
-  _globals['_LISTTTSVOICESREQUEST']._serialized_end=838
-  _globals['_LISTTTSVOICESRESPONSE']._serialized_start=840
-  _globals['_LISTTTSVOICESRESPONSE']._serialized_end=896
-  _globals['_GETTTSVOICEREQUEST']._serialized_start=898
-  _globals['_GETTTSVOICEREQUEST']._serialized_end=942
-  _globals['_GETTTSVOICERESPONSE']._serialized_start=944
-  _globals['_GETTTSVOICERESPONSE']._serialized_end=997
-  _globals['_REGISTERTTSVOICEREQUEST']._serialized_start=1000
-  _globals['_REGISTERTTSVOICEREQUEST']._serialized_end=1156
-  _globals['_REGISTERTTSVOICERESPONSE']._serialized_start=1158
-  _globals['_REGISTERTTSVOICERESPONSE']._serialized_end=1216
-  _globals['_TTSSERVICE']._serialized_start=1219
-  _globals['_TTSSERVICE']._serialized_end=1746
+  _globals['_DELETETTSVOICEREQUEST']._serialized_start=167
+  _globals['_DELETETTSVOICEREQUEST']._serialized_end=233
+  _globals['_DELETETTSVOICERESPONSE']._serialized_start=235
+  _globals['_DELETETTSVOICERESPONSE']._serialized_end=259
+  _globals['_SYNTHESISOPTIONS']._serialized_start=262
+  _globals['_SYNTHESISOPTIONS']._serialized_end=419
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=421
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=542
+  _globals['_SYNTHESISINFO']._serialized_start=544
+  _globals['_SYNTHESISINFO']._serialized_end=650
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=652
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=763
+  _globals['_SYNTHESIZEWAVREQUEST']._serialized_start=765
+  _globals['_SYNTHESIZEWAVREQUEST']._serialized_end=889
+  _globals['_LISTTTSVOICESREQUEST']._serialized_start=891
+  _globals['_LISTTTSVOICESREQUEST']._serialized_end=932
+  _globals['_LISTTTSVOICESRESPONSE']._serialized_start=934
+  _globals['_LISTTTSVOICESRESPONSE']._serialized_end=990
+  _globals['_GETTTSVOICEREQUEST']._serialized_start=992
+  _globals['_GETTTSVOICEREQUEST']._serialized_end=1055
+  _globals['_GETTTSVOICERESPONSE']._serialized_start=1057
+  _globals['_GETTTSVOICERESPONSE']._serialized_end=1110
+  _globals['_REGISTERTTSVOICEREQUEST']._serialized_start=1113
+  _globals['_REGISTERTTSVOICEREQUEST']._serialized_end=1269
+  _globals['_REGISTERTTSVOICERESPONSE']._serialized_start=1271
+  _globals['_REGISTERTTSVOICERESPONSE']._serialized_end=1329
+  _globals['_TTSSERVICE']._serialized_start=1332
+  _globals['_TTSSERVICE']._serialized_end=1944
 # @@protoc_insertion_point(module_scope)

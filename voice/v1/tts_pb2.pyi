@@ -21,6 +21,44 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class DeleteTtsVoiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOICE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    voice_id: _builtins.str
+    tenant_id: _builtins.str
+    """The voice's tenant (services name it; a tenant credential implies its own)."""
+    def __init__(
+        self,
+        *,
+        voice_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "voice_id", b"voice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTtsVoiceRequest: _TypeAlias = DeleteTtsVoiceRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTtsVoiceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTtsVoiceResponse: _TypeAlias = DeleteTtsVoiceResponse  # noqa: Y015
+
+@_typing.final
 class SynthesisOptions(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -228,15 +266,21 @@ class GetTtsVoiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VOICE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     voice_id: _builtins.str
+    tenant_id: _builtins.str
+    """Whose cloned voices are visible besides the built-in ones (services name it; a tenant credential
+    implies its own).
+    """
     def __init__(
         self,
         *,
         voice_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["voice_id", b"voice_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "voice_id", b"voice_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

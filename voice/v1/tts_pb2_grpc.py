@@ -62,6 +62,11 @@ class TtsServiceStub:
                 request_serializer=voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceRequest.SerializeToString,
                 response_deserializer=voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceResponse.FromString,
                 _registered_method=True)
+        self.DeleteTtsVoice = channel.unary_unary(
+                '/voice.v1.TtsService/DeleteTtsVoice',
+                request_serializer=voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceRequest.SerializeToString,
+                response_deserializer=voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceResponse.FromString,
+                _registered_method=True)
 
 
 class TtsServiceServicer:
@@ -102,6 +107,13 @@ class TtsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteTtsVoice(self, request, context):
+        """Removes a tenant's cloned voice (the control plane calls it when the voice is deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TtsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_TtsServiceServicer_to_server(servicer, server):
                     servicer.RegisterTtsVoice,
                     request_deserializer=voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceRequest.FromString,
                     response_serializer=voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceResponse.SerializeToString,
+            ),
+            'DeleteTtsVoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTtsVoice,
+                    request_deserializer=voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceRequest.FromString,
+                    response_serializer=voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +285,33 @@ class TtsService:
             '/voice.v1.TtsService/RegisterTtsVoice',
             voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceRequest.SerializeToString,
             voice_dot_v1_dot_tts__pb2.RegisterTtsVoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTtsVoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.TtsService/DeleteTtsVoice',
+            voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceRequest.SerializeToString,
+            voice_dot_v1_dot_tts__pb2.DeleteTtsVoiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

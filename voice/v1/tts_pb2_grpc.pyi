@@ -45,6 +45,8 @@ class TtsServiceStub:
     ListTtsVoices: _grpc.UnaryUnaryMultiCallable[_tts_pb2.ListTtsVoicesRequest, _tts_pb2.ListTtsVoicesResponse]
     GetTtsVoice: _grpc.UnaryUnaryMultiCallable[_tts_pb2.GetTtsVoiceRequest, _tts_pb2.GetTtsVoiceResponse]
     RegisterTtsVoice: _grpc.UnaryUnaryMultiCallable[_tts_pb2.RegisterTtsVoiceRequest, _tts_pb2.RegisterTtsVoiceResponse]
+    DeleteTtsVoice: _grpc.UnaryUnaryMultiCallable[_tts_pb2.DeleteTtsVoiceRequest, _tts_pb2.DeleteTtsVoiceResponse]
+    """Removes a tenant's cloned voice (the control plane calls it when the voice is deleted)."""
 
 @_typing.type_check_only
 class TtsServiceAsyncStub(TtsServiceStub):
@@ -62,6 +64,8 @@ class TtsServiceAsyncStub(TtsServiceStub):
     ListTtsVoices: _aio.UnaryUnaryMultiCallable[_tts_pb2.ListTtsVoicesRequest, _tts_pb2.ListTtsVoicesResponse]  # type: ignore[assignment]
     GetTtsVoice: _aio.UnaryUnaryMultiCallable[_tts_pb2.GetTtsVoiceRequest, _tts_pb2.GetTtsVoiceResponse]  # type: ignore[assignment]
     RegisterTtsVoice: _aio.UnaryUnaryMultiCallable[_tts_pb2.RegisterTtsVoiceRequest, _tts_pb2.RegisterTtsVoiceResponse]  # type: ignore[assignment]
+    DeleteTtsVoice: _aio.UnaryUnaryMultiCallable[_tts_pb2.DeleteTtsVoiceRequest, _tts_pb2.DeleteTtsVoiceResponse]  # type: ignore[assignment]
+    """Removes a tenant's cloned voice (the control plane calls it when the voice is deleted)."""
 
 class TtsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Text to speech (Chatterbox on Triton, or the offline engine). The HTTP facade of the TTS node
@@ -106,5 +110,13 @@ class TtsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tts_pb2.RegisterTtsVoiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tts_pb2.RegisterTtsVoiceResponse, _abc.Awaitable[_tts_pb2.RegisterTtsVoiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteTtsVoice(
+        self,
+        request: _tts_pb2.DeleteTtsVoiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tts_pb2.DeleteTtsVoiceResponse, _abc.Awaitable[_tts_pb2.DeleteTtsVoiceResponse]]:
+        """Removes a tenant's cloned voice (the control plane calls it when the voice is deleted)."""
 
 def add_TtsServiceServicer_to_server(servicer: TtsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

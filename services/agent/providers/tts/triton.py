@@ -174,7 +174,8 @@ class TritonTextToSpeech:
                 voice_id=voice.voice_id,
                 exaggeration=voice.exaggeration,
                 cfg_weight=voice.cfg_weight,
-                tenant_id=tenant_id,
+                # Cloned voices are spoken only for their tenant (TenantVoice carries it).
+                tenant_id=tenant_id or str(getattr(voice, "tenant_id", "")),
             )
         )
 
