@@ -46,6 +46,15 @@ if [ "$(cat "$VENV/.lock-hash" 2>/dev/null)" != "$lock_hash" ]; then
   rm -f "$VENV/.native-hash"
 fi
 
+# Wheels used only for data files they ship (the Smart Turn model in pipecat-ai), installed without
+# their dependencies (which conflict with the lock) and pinned by hash; `uv pip sync` removes them.
+nodeps_hash=$(sha256sum requirements-nodeps.txt | cut -c1-16)
+if [ "$(cat "$VENV/.nodeps-hash" 2>/dev/null)" != "$nodeps_hash" ] || ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("pipecat-ai")' 2>/dev/null; then
+  step "installing data-only wheels without dependencies (requirements-nodeps.txt)"
+  VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install --quiet --no-deps --require-hashes -r requirements-nodeps.txt
+  echo "$nodeps_hash" >"$VENV/.nodeps-hash"
+fi
+
 native_hash=$(cat Cargo.toml audio_core/Cargo.toml $(find audio_core/src -type f | sort) 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.native-hash" 2>/dev/null)" != "$native_hash" ] || ! "$VENV/bin/python" -c 'import audio_core' 2>/dev/null; then
   step "building audio_core (Rust, release) into $VENV"

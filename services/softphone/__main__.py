@@ -15,7 +15,7 @@ from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
 from services.agent.providers.tts import TritonTextToSpeech
 from services.shared.settings import SettingsError, load_settings
 from services.softphone.caller import CallScript, ScriptedCaller
-from services.softphone.report import latency_table, write_wav
+from services.softphone.report import caller_e2e_ms, latency_table, write_wav
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ async def run_call(args: argparse.Namespace) -> int:
     print(f"\nCall {record.call_id} ended: {record.status}; {record.frames_received} agent frames received")
     if record.latencies:
         print("\nPer-turn latency (ms):")
-        print(latency_table(record.latencies))
+        print(latency_table(record.latencies, caller_e2e_ms(record)))
     if args.out:
         seconds = write_wav(record, args.out)
         print(f"\nRecording: {args.out} ({seconds:.1f} s, caller and agent mixed)")

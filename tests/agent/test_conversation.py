@@ -130,10 +130,13 @@ async def test_barge_in_clears_audio_and_keeps_only_what_was_heard(
     assert record.transfer is not None  # and the interruption itself was answered
 
 
-async def test_a_phone_number_read_with_pauses_is_one_turn(caller: ScriptedCaller) -> None:
+@pytest.mark.parametrize("pause_s", [0.3, 0.8, 1.2])
+async def test_a_phone_number_read_with_pauses_is_one_turn(caller: ScriptedCaller, pause_s: float) -> None:
+    # The end-of-turn model hears the pauses between digit groups as pauses, not ends of turn.
     record = await caller.call(
         CallScript(
-            lines=["My number is | five five five | one two three | four five six seven"], group_pause_s=0.6
+            lines=["My number is | five five five | one two three | four five six seven"],
+            group_pause_s=pause_s,
         )
     )
     replies = agent_lines(record)[1:]  # after the greeting
@@ -141,6 +144,8 @@ async def test_a_phone_number_read_with_pauses_is_one_turn(caller: ScriptedCalle
     turns = {lat.turn_index for lat in record.latencies}
     assert turns == {1}
     assert len(caller_lines(record)) >= 2  # several recognised pieces ... all in one turn
+    (latency,) = record.latencies
+    assert latency.end_of_speech_time.seconds > 0  # filled in, on the wall clock
 
 
 async def test_hang_up_mid_reply_leaves_no_task_behind(

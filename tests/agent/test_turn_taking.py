@@ -124,4 +124,6 @@ async def test_playout_paces_continuous_frames_and_reports_what_was_heard() -> N
     assert all(size == 960 for _, _, size in sent)
     assert report.last_sequence_number == sent[-1][0]
     assert report.unheard_text.endswith("six.")
+    # A re-offer restarts the interrupted sentence, not the middle of it.
+    assert report.resume_text == "Three four five six."
     assert not playout.active

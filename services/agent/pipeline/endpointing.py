@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 HYSTERESIS = 0.15
 
-# A caller who is reading out a number or spelling a name pauses between groups: after these endings
-# the engine waits longer before answering.
+# A caller who is reading out a number or spelling a name pauses between groups, and nobody ends a turn
+# on "to", "the" or "um": after these endings the engine waits longer before answering.
 _UNFINISHED = re.compile(
-    r"(\b(zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple|and|or|is|number|dash|dot|at)"
+    r"(\b(zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple|and|or|but|because|is|number"
+    r"|dash|dot|at|to|the|an|my|your|for|of|with|from|um|uh|er|erm)"
     r"|\b[a-z]|\d)$"
 )
 

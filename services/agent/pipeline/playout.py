@@ -35,6 +35,9 @@ class PlayedReport:
     heard_text: str
     unheard_text: str
     last_sequence_number: int
+    # What to say if the reply is re-offered: from the beginning of the interrupted sentence on (a reply
+    # restarted mid-sentence, "As I was saying, AM to 6 PM", makes no sense to the caller).
+    resume_text: str = ""
 
 
 def words_heard(text: str, fraction: float) -> str:
@@ -108,8 +111,9 @@ class Playout:
 
     def clear(self) -> PlayedReport:
         """Drops all queued audio (barge-in); reports what of the current reply the caller heard."""
-        heard, unheard = [], []
+        heard, unheard, resume = [], [], []
         for segment in self._segments:
+            resume.append(segment.text)
             if segment.played_bytes == 0:
                 unheard.append(segment.text)
                 continue
@@ -126,6 +130,7 @@ class Playout:
             " ".join(h for h in heard if h),
             " ".join(u for u in unheard if u),
             (self.sequence_number - 1) % 2**32,
+            " ".join(r for r in resume if r),
         )
 
     async def run(self) -> None:

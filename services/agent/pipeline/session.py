@@ -28,16 +28,18 @@ from google.protobuf.message import Message
 from services.agent.events import CallEventSink, NullEventSink
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.chunker import SentenceChunker
-from services.agent.pipeline.endpointing import Endpointer, SpeechEnded, SpeechStarted, sounds_unfinished
+from services.agent.pipeline.endpointing import Endpointer, SpeechEnded, SpeechStarted
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.history import Conversation
 from services.agent.pipeline.inbound import InboundAudio
 from services.agent.pipeline.normalize import normalize_for_speech
 from services.agent.pipeline.outbound import OutboundAudio
 from services.agent.pipeline.playout import Playout, Segment
+from services.agent.pipeline.turn_end import turn_end_policy
 from services.agent.ports import (
     CannotContinue,
     Completed,
+    EndOfTurnModel,
     KnowledgeBase,
     LanguageModel,
     LlmRequest,
@@ -62,6 +64,7 @@ T = TypeVar("T")
 MAX_TOOL_ROUNDS = 4
 FRAME_MS = 20
 PRE_ROLL_S = 0.3  # audio kept from before VAD confirmed speech, so STT hears the first syllable
+TURN_AUDIO_S = 8.0  # the end-of-turn model looks at the last 8 s of the caller's turn
 STT_FINAL_TIMEOUT_S = 1.5
 BACKCHANNEL = frozenset(
     ["uh", "huh", "uh-huh", "mhm", "mm", "hmm", "yeah", "yep", "ok", "okay", "right", "sure"]
@@ -83,6 +86,8 @@ class Providers:
     tts: TextToSpeech
     knowledge: KnowledgeBase | None = None
     tools: ToolRunner | None = None
+    # The audio end-of-turn model (Smart Turn); None: the fixed grace decides.
+    turn: EndOfTurnModel | None = None
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Reply:
     reply_id: int
     marks: TurnMarks | None
     caller_text: str
+    caller_confidence: float = 1.0
     task: asyncio.Task[None] | None = None
     audible: bool = False
     played_sentences: list[str] = field(default_factory=list)
@@ -128,6 +134,17 @@ async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+_KEEP_CAPITAL = frozenset(["I'm", "I've", "I'll", "I'd", "Doctor", "Dr", "Mr", "Mrs", "Ms", "Miss"])
+
+
+def _continuing(sentence: str) -> str:
+    """The sentence as it reads after "As I was saying, ": "we are open ..." ("I", titles keep capitals)."""
+    first = sentence.split(" ", 1)[0]
+    if first[:1].isupper() and first[1:].islower() and first.rstrip(".") not in _KEEP_CAPITAL:
+        return first.lower() + sentence[len(first) :]
+    return sentence
 
 
 def _duration(seconds: float) -> Duration:
@@ -161,7 +178,9 @@ class CallSession:
         self.inbound = InboundAudio(start.input_format)
         self.outbound = OutboundAudio(start.output_format, output_sample_rate)
         tt = profile.turn_taking
-        self.endpointer = Endpointer(tt.vad_threshold, tt.min_speech_ms, tt.min_silence_ms)
+        self.turn_end = turn_end_policy(providers.turn, tt)
+        self.endpointer = Endpointer(tt.vad_threshold, tt.min_speech_ms, self.turn_end.silence_ms)
+        self._turn_audio = bytearray()  # the caller's speech in the current turn, for the turn model
         self.vad = providers.vad.new_stream()
         self.history = Conversation(profile.max_history_tokens, profile.summarize_after_turns)
         self.playout = Playout(output_sample_rate, FRAME_MS, self._send_frame, self._segment_done)
@@ -171,6 +190,7 @@ class CallSession:
         self._audio_time = 0.0  # seconds of caller audio received (the VAD clock)
         self._pre_roll = bytearray()
         self._pending_text: list[str] = []
+        self._pending_confidence: list[float] = []  # of the recognised finals in _pending_text
         self._interim_words: list[str] = []
         self._final_arrived = asyncio.Event()
         self._turn_finisher: asyncio.Task[None] | None = None
@@ -259,6 +279,7 @@ class CallSession:
                 self._on_speech_ended(event)
         if self.endpointer.in_speech or was_speaking:
             await self.stt.push(pcm)
+            self._keep_turn_audio(pcm)
             self._check_barge_in()
         else:
             self._pre_roll += pcm
@@ -279,6 +300,13 @@ class CallSession:
             self._cancel_reply(restore_caller_text=True)
         if pre_roll:
             await self.stt.push(pre_roll)
+            self._keep_turn_audio(pre_roll)
+
+    def _keep_turn_audio(self, pcm: bytes) -> None:
+        self._turn_audio += pcm
+        excess = len(self._turn_audio) - int(TURN_AUDIO_S * 16000) * 2
+        if excess > 0:
+            del self._turn_audio[:excess]
 
     def _on_speech_ended(self, event: SpeechEnded) -> None:
         assert self.stt is not None
@@ -310,7 +338,8 @@ class CallSession:
         log.info("barge-in", extra={"data": {"heard": heard, "unheard": report.unheard_text}})
         # Only what the caller heard of this round stays in the history.
         self.history.replace_or_add_agent(reply.round_message, heard)
-        self._interrupted = (report.unheard_text, time.monotonic()) if report.unheard_text else None
+        # A re-offer (if the interruption turns out to be noise) restarts the interrupted sentence.
+        self._interrupted = (report.resume_text, time.monotonic()) if report.unheard_text else None
         self._emit(
             pb.ConverseResponse(
                 clear_audio=pb.ClearAudio(
@@ -383,6 +412,7 @@ class CallSession:
                 # The turn this text opens, numbered as on the stream (the greeting is turn 0).
                 self._publish_turn(pb.SPEAKER_CALLER, text, result.confidence, turn_index=self.turn_index + 1)
                 self._pending_text.append(text)
+                self._pending_confidence.append(result.confidence)
                 self._interrupted = None  # real words: this was a real interruption, not noise
                 self._emit_caller_transcript(result, text)
             self._final_arrived.set()
@@ -411,21 +441,30 @@ class CallSession:
                 await asyncio.wait_for(self._final_arrived.wait(), STT_FINAL_TIMEOUT_S)
             marks.stt_final = time.monotonic()
         text = " ".join(self._pending_text).strip()
-        tt = self.profile.turn_taking
-        grace_ms = tt.unfinished_grace_ms if sounds_unfinished(text) else tt.grace_ms
-        await asyncio.sleep(grace_ms / 1000)
+        if text:
+            decision = await self.turn_end.decide(bytes(self._turn_audio), text)
+            if decision.model_ms is not None:
+                log.debug(
+                    "end of turn",
+                    extra={"data": {"p_complete": decision.complete_probability, "ms": decision.model_ms}},
+                )
+            await asyncio.sleep(decision.wait_s)
+        else:
+            await asyncio.sleep(self.profile.turn_taking.grace_ms / 1000)
         self._turn_finisher = None
         text = " ".join(self._pending_text).strip()
         if not text:
             await self._maybe_reoffer()
             return
-        self._pending_text = []
+        confidence = min(self._pending_confidence, default=1.0)  # DTMF alone is certain
+        self._pending_text, self._pending_confidence = [], []
+        self._turn_audio.clear()
         marks.turn_end = time.monotonic()
         if self._reply is not None:
             if all(w in BACKCHANNEL for w in text.lower().split()):
                 return  # "uh-huh" while the agent talks: it keeps talking
             self._barge_in()  # short but real words ("stop", "no"): an interruption after all
-        self._start_reply(caller_text=text, marks=marks)
+        self._start_reply(caller_text=text, marks=marks, confidence=confidence)
 
     async def _maybe_reoffer(self) -> None:
         if self._interrupted is None:
@@ -437,18 +476,24 @@ class CallSession:
         if self._interrupted is not None and not self._pending_text and self._reply is None:
             self._interrupted = None
             log.info("interruption had no words: re-offering the reply")
-            self._start_reply(scripted=REOFFER_PREFIX + unheard)
+            self._start_reply(scripted=REOFFER_PREFIX + _continuing(unheard))
 
     # --- replies ------------------------------------------------------------------------------------
 
     def _start_reply(
-        self, *, caller_text: str = "", scripted: str = "", marks: TurnMarks | None = None, end: str = ""
+        self,
+        *,
+        caller_text: str = "",
+        scripted: str = "",
+        marks: TurnMarks | None = None,
+        end: str = "",
+        confidence: float = 1.0,
     ) -> None:
         self._next_reply_id += 1
-        reply = Reply(self._next_reply_id, marks, caller_text)
+        reply = Reply(self._next_reply_id, marks, caller_text, confidence)
         if caller_text:
             self.turn_index += 1
-            self.history.add_caller(caller_text)
+            self.history.add_caller(caller_text, confidence)
         self._reply = reply
         reply.task = asyncio.create_task(
             self._run_reply(reply, scripted, end), name=f"reply-{reply.reply_id}"
@@ -464,6 +509,7 @@ class CallSession:
         if restore_caller_text and reply.caller_text:
             self.history.remove_last_caller(reply.caller_text)
             self._pending_text.insert(0, reply.caller_text)
+            self._pending_confidence.insert(0, reply.caller_confidence)
             self.turn_index -= 1
 
     async def _run_reply(self, reply: Reply, scripted: str, end: str) -> None:
@@ -703,20 +749,19 @@ class CallSession:
             (m.turn_end or base) - (m.stt_final or m.turn_end or base)
         )
         e2e = m.first_frame_sent - base
-        self._emit(
-            pb.ConverseResponse(
-                latency=pb.TurnLatency(
-                    turn_index=m.turn_index,
-                    stt_final=since(m.stt_final),
-                    llm_first_token=since(m.llm_first_token),
-                    first_sentence_to_tts=since(m.tts_request),
-                    tts_first_audio=since(m.tts_first_audio),
-                    first_audio_frame_sent=since(m.first_frame_sent),
-                    provider_time=_duration(stt + llm + tts),
-                    endpointing=_duration(waits),
-                )
-            )
+        latency = pb.TurnLatency(
+            turn_index=m.turn_index,
+            stt_final=since(m.stt_final),
+            llm_first_token=since(m.llm_first_token),
+            first_sentence_to_tts=since(m.tts_request),
+            tts_first_audio=since(m.tts_first_audio),
+            first_audio_frame_sent=since(m.first_frame_sent),
+            provider_time=_duration(stt + llm + tts),
+            endpointing=_duration(waits),
         )
+        # The marks are monotonic; the wall-clock end of speech lets the caller side line them up.
+        latency.end_of_speech_time.FromNanoseconds(int((time.time() - (time.monotonic() - base)) * 1e9))
+        self._emit(pb.ConverseResponse(latency=latency))
         tenant = self.tenant
         self.metrics.stt_latency.labels(tenant).observe(stt)
         if m.llm_first_token and m.llm_request:

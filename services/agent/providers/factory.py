@@ -25,7 +25,14 @@ from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.chunker import SentenceChunker
 from services.agent.pipeline.normalize import normalize_for_speech
 from services.agent.pipeline.session import TOOL_FILLER, TROUBLE_HEARING, Providers
-from services.agent.ports import LanguageModel, SpeechToText, TextToSpeech, ToolRunner, VoiceActivity
+from services.agent.ports import (
+    EndOfTurnModel,
+    LanguageModel,
+    SpeechToText,
+    TextToSpeech,
+    ToolRunner,
+    VoiceActivity,
+)
 from services.agent.profile import AgentProfile
 from services.agent.providers.knowledge.local import FaqKnowledgeBase
 from services.agent.providers.llm.anthropic import ClaudeModel, new_client
@@ -33,6 +40,7 @@ from services.agent.providers.llm.policy import PolicyModel
 from services.agent.providers.stt.deepgram import DeepgramStt
 from services.agent.providers.stt.pocketsphinx import PocketSphinxStt
 from services.agent.providers.tts.triton import TritonTextToSpeech, TtsUnavailableError
+from services.agent.providers.turn.smart_turn import SmartTurn
 from services.agent.providers.vad.energy import EnergyVad
 from services.agent.providers.vad.silero import SileroVad
 from services.agent.resilience import breaker as policies
@@ -107,6 +115,8 @@ class ProviderFactory:
     http: httpx.AsyncClient | None = None
     tool_secret: bytes = b""
     clips: ClipLibrary | None = None
+    # Smart Turn when its model is installed; None: the fixed grace period decides ends of turn.
+    turn: EndOfTurnModel | None = None
 
     @classmethod
     def from_settings(
@@ -124,6 +134,11 @@ class ProviderFactory:
         dead_air_s = resilience.max_dead_air_ms / 1000
         stall_s = resilience.stream_stall_ms / 1000
         vad: VoiceActivity = SileroVad() if settings.vad.model == "silero" else EnergyVad()
+        turn: EndOfTurnModel | None = None
+        try:
+            turn = SmartTurn()
+        except FileNotFoundError as exc:
+            log.warning("no end-of-turn model: fixed grace periods", extra={"data": {"reason": str(exc)}})
 
         stt: SpeechToText
         if settings.stt.provider == "offline":
@@ -174,6 +189,7 @@ class ProviderFactory:
             secret = secrets.token_bytes(32)
         return cls(
             vad=vad,
+            turn=turn,
             stt=stt,
             tts=chain_tts,
             settings=settings,
@@ -203,6 +219,7 @@ class ProviderFactory:
             tts=self.tts,
             knowledge=FaqKnowledgeBase(agent),
             tools=self._tools(agent),
+            turn=self.turn,
         )
 
     def _llm(self, agent: agents_pb2.Agent) -> LanguageModel:

@@ -121,7 +121,7 @@ def word_confidence(decoder: Decoder) -> float:
         word_frames += seg.end_frame - seg.start_frame + 1
     if not posteriors:
         return 0.0
-    coverage = word_frames / max(decoder.n_frames(), 1)
+    coverage = word_frames / max(int(decoder.n_frames()), 1)
     confidence = sum(posteriors) / len(posteriors) * min(1.0, coverage / FULL_COVERAGE)
     return max(0.0, min(1.0, confidence))
 
