@@ -72,6 +72,7 @@ class SipEnv:
     calls: list[BridgeCall]
     workdir: Path
     directory: MutableDirectory
+    rpc: GrpcServer  # CallControlService of the bridge
 
     async def tenant(self, *, max_calls: int = 10) -> Tenant:
         """A tenant with the demo agent's configuration under fresh ids and a number routed to it."""
@@ -224,7 +225,7 @@ async def sip_env(settings: Settings, *, auto_answer: bool = True) -> AsyncItera
             }
         )
         workdir = Path(tempfile.mkdtemp(prefix="bridge-test-"))
-        env = SipEnv(cp, bridge, agent, redis, events, calls, workdir, directory)
+        env = SipEnv(cp, bridge, agent, redis, events, calls, workdir, directory, control)
         try:
             yield env
         finally:

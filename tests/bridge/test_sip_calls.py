@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 import audio_core
@@ -24,10 +25,18 @@ from services.bridge.call import BridgeCall, CallInfo
 from services.bridge.state import CallState
 from services.control.auth import Permission
 from services.shared.call_slots import active_calls_key
+from services.shared.grpc_channels import open_channel
 from services.shared.settings import Settings
 from services.softphone.rtp_phone import RATE, RtpPhone
 from tests.bridge.env import SCENARIOS, SipEnv, SippRun, Tenant, free_udp_port, run_sipp, sip_env
-from voice.v1 import calls_pb2, calls_pb2_grpc
+from voice.v1 import (
+    agent_session_pb2,
+    call_control_pb2,
+    call_control_pb2_grpc,
+    calls_pb2,
+    calls_pb2_grpc,
+    common_pb2,
+)
 
 pytestmark = pytest.mark.usefixtures("triton")
 
@@ -309,4 +318,68 @@ async def test_post_calls_is_placed_by_the_bridge_and_fails_with_the_reason(env:
     await wait_for(call.done.is_set, 10, "the call to end")
     assert call.end_reason == "busy" and call.info.from_number == t.number
     assert env.events.of(call.call_id) == ["call_ringing", "call_failed"]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_call_control_rpcs_act_on_the_live_call(env: SipEnv) -> None:
+    """Answer (auto-answer off), Hold, Resume and a Transfer to a second phone (SIPp) through
+    CallControlService, as the control plane calls them; then the caller hangs up."""
+    t = await env.tenant()
+    channel = open_channel(env.cp.settings, env.rpc.address, identity="control")
+    stub = call_control_pb2_grpc.CallControlServiceStub(channel)
+    env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"auto_answer": False})
+    target_port = free_udp_port()
+    try:
+        async with phone() as p, phone() as reception:
+            sipp = await run_sipp(
+                env, "uac_caller_hangs_up", "-set", "rtp", str(p.port), "-d", "15000", service=t.number
+            )
+            await wait_for(lambda: env.calls and env.calls[-1].info.to_number == t.number, 10, "the call")
+            call = env.calls[-1]
+            await wait_for(lambda: call.state == CallState.RINGING, 10, "ringing")
+            answered = await stub.Answer(call_control_pb2.AnswerRequest(call_id=call.call_id))
+            assert answered.leg.direction == common_pb2.CALL_DIRECTION_INBOUND
+            await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+            held = await stub.Hold(call_control_pb2.HoldRequest(call_id=call.call_id))
+            assert held.leg.status == common_pb2.CALL_STATUS_ON_HOLD
+            assert (await env.redis.hget(f"call:{call.call_id}:state", "state")) == b"on_hold"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Hold(call_control_pb2.HoldRequest(call_id=call.call_id))
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            await stub.Resume(call_control_pb2.ResumeRequest(call_id=call.call_id))
+            assert call.state == CallState.CONVERSING
+            target = await run_sipp(env, "uas_answer", "-set", "rtp", str(reception.port), port=target_port)
+            await asyncio.sleep(0.3)
+            env.bridge.sip_settings = env.bridge.sip_settings.model_copy(
+                update={"trunk": f"127.0.0.1:{target_port}"}
+            )
+            moved = await stub.Transfer(
+                call_control_pb2.CallControlServiceTransferRequest(
+                    call_id=call.call_id, target="ext:100", type=agent_session_pb2.TRANSFER_TYPE_BLIND
+                )
+            )
+            assert moved.leg.status == common_pb2.CALL_STATUS_TRANSFERRING
+            await asyncio.wait_for(reception.first_packet.wait(), 20)  # the caller, relayed
+            code, log = await sipp.wait(40)
+            assert code == 0, log[-3000:]
+            code, log = await target.wait(20)
+            assert code == 0, log[-3000:]
+    finally:
+        env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"auto_answer": True})
+        await channel.close()
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == "transferred"
+    assert env.events.of(call.call_id) == [
+        "call_ringing",
+        "call_connected",
+        "call_transfer_requested",
+        "call_transferred",
+        "call_ended",
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        async with open_channel(env.cp.settings, env.rpc.address, identity="control") as again:
+            await call_control_pb2_grpc.CallControlServiceStub(again).Hangup(
+                call_control_pb2.HangupRequest(call_id=call.call_id)
+            )
+    assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
