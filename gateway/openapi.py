@@ -56,6 +56,32 @@ _STATUS_SCHEMA = {
 }
 
 
+_E164 = r"^\+[1-9][0-9]{6,14}$"
+# The server's own checks (services/control/*.py, common.py), declared so that clients and schema-based
+# testers send what the server accepts: field full name -> JSON Schema keywords added to the field.
+_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    "voice.v1.PhoneNumber.e164": {"pattern": _E164},
+    "voice.v1.CreateCallRequest.to_number": {"pattern": _E164},
+    "voice.v1.CreateCallRequest.from_number": {"pattern": r"^(\+[1-9][0-9]{6,14})?$"},
+    "voice.v1.Agent.name": {"minLength": 1, "maxLength": 255, "pattern": r"\S"},
+    "voice.v1.Agent.metadata": {"maxProperties": 64},
+    "voice.v1.Agent.tools": {"maxItems": 64},
+    "voice.v1.ToolDefinition.name": {"pattern": r"^[a-zA-Z0-9_-]{1,64}$"},
+    "voice.v1.ToolDefinition.timeout_ms": {"maximum": 60000},
+    "voice.v1.Tenant.name": {"minLength": 1, "maxLength": 255, "pattern": r"\S"},
+    "voice.v1.Tenant.max_concurrent_calls": {"maximum": 10000},
+    "voice.v1.CreateApiKeyRequest.name": {"minLength": 1, "maxLength": 255, "pattern": r"\S"},
+    "voice.v1.PhoneNumber.label": {"maxLength": 255},
+    "voice.v1.Webhook.url": {"maxLength": 2048, "pattern": r"^https://"},
+}
+
+
+def _constraints(f: FieldDescriptor) -> dict[str, Any]:
+    if f.name == "page_size":
+        return {"minimum": 0}
+    return _CONSTRAINTS.get(f.full_name, {})
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -99,10 +125,13 @@ class _Schemas:
     def field(self, f: FieldDescriptor) -> dict[str, Any]:
         if f.message_type is not None and f.message_type.GetOptions().map_entry:
             value = f.message_type.fields_by_name["value"]
-            return {"type": "object", "additionalProperties": self.scalar(value)}
+            return {"type": "object", "additionalProperties": self.scalar(value), **_constraints(f)}
         schema = self.scalar(f)
         if repeated(f):
             schema = {"type": "array", "items": schema}
+        extra = _constraints(f)
+        if extra:
+            schema = {"allOf": [schema], **extra} if "$ref" in schema else {**schema, **extra}
         if field_behavior_pb2.OUTPUT_ONLY in _behaviors(f):
             schema = (
                 {"allOf": [schema], "readOnly": True} if "$ref" in schema else {**schema, "readOnly": True}

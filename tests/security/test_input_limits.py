@@ -105,3 +105,21 @@ async def test_grpc_refuses_undecodable_and_too_deep_requests(cp: ControlPlane) 
                 agents_pb2.CreateAgentRequest(agent=agent), metadata=md
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "deep" in (err.value.details() or "")
+
+
+async def test_openapi_declares_errors_and_the_servers_constraints(http: httpx.AsyncClient) -> None:
+    doc = (await http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["google.rpc.Status"]["properties"]) == {"code", "message", "details"}
+    operations = [op for item in doc["paths"].values() for op in item.values()]
+    assert len({op["operationId"] for op in operations}) == len(operations)
+    assert all(
+        op["responses"]["default"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "google.rpc.Status"
+        )
+        for op in operations
+    )
+    assert schemas["voice.v1.PhoneNumber"]["properties"]["e164"]["pattern"] == r"^\+[1-9][0-9]{6,14}$"
+    assert schemas["voice.v1.Agent"]["properties"]["metadata"]["maxProperties"] == 64
+    listing = doc["paths"]["/v1/agents"]["get"]["parameters"]
+    assert next(p for p in listing if p["name"] == "page_size")["schema"]["minimum"] == 0
