@@ -3,7 +3,10 @@ GetAgent RPC straight to the control plane (ghz), on this machine; prints one JS
 
 Each server runs as its own process (control plane, gateway with one uvicorn worker) against a fresh
 PostgreSQL schema that is dropped afterwards. The gateway's overhead is its p99 minus ghz's p99 at the
-same rate (GATEWAY_RPS). Knobs: GATEWAY_RPS (500), GHZ_RPS (1000), BENCH_SECONDS (10).
+same rate (GATEWAY_RPS). `mtls_overhead_ms_p99` is GetAgent's p99 on the control plane with mutual TLS
+(as every internal client uses it; ghz presents the gateway's certificate) minus its p99 on a second,
+plaintext control plane on the same database, at GHZ_RPS, in the same run.
+Knobs: GATEWAY_RPS (500), GHZ_RPS (1000), BENCH_SECONDS (10).
 """
 
 from __future__ import annotations
@@ -92,12 +95,18 @@ def run_vegeta(tools: Path, url: str, key: str, rps: int, seconds: int) -> dict[
 
 
 def run_ghz(  # noqa: PLR0917
-    tools: Path, target: str, agent_id: str, metadata: dict[str, str], rps: int, seconds: int
+    tools: Path,
+    target: str,
+    agent_id: str,
+    metadata: dict[str, str],
+    rps: int,
+    seconds: int,
+    transport: list[str],
 ) -> dict[str, float]:
     out = subprocess.run(
         [
             str(tools / "ghz"),
-            "--insecure",
+            *transport,
             "--call",
             "voice.v1.AgentService/GetAgent",
             # Compile the contract locally: ghz's reflection client trips over the googleapis imports.
@@ -164,7 +173,7 @@ async def main() -> int:
         conn = await asyncpg.connect(url)
         tenant_id, _, key = await bootstrap(conn, "Bench", trial_minutes=60.0, platform_admin=False)
         await conn.close()
-        control_port, gateway_port = free_port(), free_port()
+        control_port, gateway_port, plain_port = free_port(), free_port(), free_port()
         internal, jwt_secret = secrets.token_hex(32), secrets.token_hex(32)
         env = {
             **os.environ,
@@ -179,9 +188,20 @@ async def main() -> int:
             "API_GATEWAY__RATE_LIMITING__DEFAULT_LIMIT": "100000000",
             "API_GATEWAY__RATE_LIMITING__BURST_LIMIT": "100000",
             "LOG_LEVEL": "WARNING",
+            "ENVIRONMENT": os.environ.get("ENVIRONMENT") or "development",
         }
-        for module in ("services.control", "gateway"):
-            procs.append(subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT))  # noqa: ASYNC220
+        plain_env = {
+            **env,
+            "INTERNAL_TLS__MODE": "plaintext",
+            "CONTROL__GRPC_PORT": str(plain_port),
+            "ENVIRONMENT": "development",
+        }
+        for module, module_env in (
+            ("services.control", env),
+            ("gateway", env),
+            ("services.control", plain_env),
+        ):
+            procs.append(subprocess.Popen([sys.executable, "-m", module], env=module_env, cwd=ROOT))  # noqa: ASYNC220
         gw = f"http://127.0.0.1:{gateway_port}"
         await wait_http(f"{gw}/health", time.monotonic() + 30)
         async with httpx.AsyncClient(base_url=gw) as client:
@@ -196,13 +216,27 @@ async def main() -> int:
             InternalAuth(internal.encode()).metadata(Principal(str(tenant_id), "bench", Permission.READ))
         )
         target = f"127.0.0.1:{control_port}"
+        # ghz talks to the control plane as the gateway does: mutual TLS with the gateway's certificate.
+        pki = Path(base.internal_tls.pki_dir)
+        tls = [
+            "--cacert",
+            str(pki / "ca.crt"),
+            "--cert",
+            str(pki / "gateway.crt"),
+            "--key",
+            str(pki / "gateway.key"),
+        ]
         gateway = await asyncio.to_thread(
             run_vegeta, tools, f"{gw}/v1/agents/{agent_id}", key, gateway_rps, seconds
         )
         grpc_same_rate = await asyncio.to_thread(
-            run_ghz, tools, target, agent_id, metadata, gateway_rps, seconds
+            run_ghz, tools, target, agent_id, metadata, gateway_rps, seconds, tls
         )
-        grpc_ghz = await asyncio.to_thread(run_ghz, tools, target, agent_id, metadata, ghz_rps, seconds)
+        grpc_ghz = await asyncio.to_thread(run_ghz, tools, target, agent_id, metadata, ghz_rps, seconds, tls)
+        plain = f"127.0.0.1:{plain_port}"
+        grpc_plaintext = await asyncio.to_thread(
+            run_ghz, tools, plain, agent_id, metadata, ghz_rps, seconds, ["--insecure"]
+        )
     finally:
         for proc in procs:
             proc.terminate()
@@ -217,9 +251,15 @@ async def main() -> int:
         "gateway": gateway,
         "grpc_ghz": grpc_ghz,
         "grpc_ghz_at_gateway_rate": grpc_same_rate,
+        "grpc_ghz_plaintext": grpc_plaintext,
         "gateway_overhead_ms_p99": round(gateway["p99_ms"] - grpc_same_rate["p99_ms"], 3),
+        "mtls_overhead_ms_p99": round(grpc_ghz["p99_ms"] - grpc_plaintext["p99_ms"], 3),
         "rates": {"gateway_rps": gateway_rps, "ghz_rps": ghz_rps, "seconds": seconds},
-        "targets": {"gateway_overhead_ms_p99_max": 5.0, "grpc_ghz_p99_ms_max": 10.0},
+        "targets": {
+            "gateway_overhead_ms_p99_max": 5.0,
+            "grpc_ghz_p99_ms_max": 10.0,
+            "mtls_overhead_ms_p99_max": 1.0,
+        },
         "machine": machine(),
     }
     print(json.dumps(result, indent=2))
