@@ -29,11 +29,10 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.shared.cache import create_redis
-from services.shared.db import create_pool
 from services.shared.events import SUBJECT_PREFIX, EventBus, type_filter
 from services.shared.events_consumer import Backoff, Delivery, Subscription, subscribe
 from services.shared.settings import Settings
-from services.worker.db import Conn
+from services.worker.db import Conn, create_worker_pool
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import UnknownTenantError, log_call_event, upsert_call
 from services.worker.scheduler import Scheduler
@@ -114,7 +113,7 @@ class Worker:
         )
 
     async def _connect(self) -> None:
-        self.pool = await create_pool(self.settings)
+        self.pool = await create_worker_pool(self.settings)
         self.redis = create_redis(self.settings)
         await self.redis.ping()
         self.bus = await EventBus.connect(self.settings, name="worker")
