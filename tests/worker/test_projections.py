@@ -204,3 +204,9 @@ async def test_poison_and_malformed_events_are_dead_lettered_without_blocking(
         await bus.close()
     assert len(reasons) == 2 and all(r.startswith("malformed payload") for r in reasons)
     assert any("malformed payload" in r.getMessage() for r in caplog.records)
+    # ... and /metrics shows them: per handler and outcome, and the dead-letter stream's depth.
+    registry = worker.registry
+    dead = {"handler": "transcripts", "outcome": "dead_lettered"}
+    assert (registry.get_sample_value("worker_events_total", dead) or 0) >= 2
+    await eventually(lambda: (registry.get_sample_value("worker_dead_letter_depth") or 0) >= 2)
+    assert registry.get_sample_value("worker_consumers_running") == 5
