@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,9 @@ class PublisherMetrics:
 
 
 def _spool_name(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", source)[:64] + f"-{os.getpid()}"
+    """Unique per publisher (several may share a process and a source name, e.g. in tests); what a gone
+    publisher leaves behind is adopted by the next one sharing the directory."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", source)[:64] + f"-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class EventPublisher:
@@ -183,7 +186,11 @@ class EventPublisher:
     # --- the background task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        await self._open_spool()
+        try:
+            await self._open_spool()
+        except OSError:
+            # Publishing goes on without a spool; an outage then drops events (counted, alerted).
+            log.exception("event spool unavailable", extra={"data": {"spool": str(self._spool.path)}})
         failures = 0
         while True:
             if not self._queue and self._spool.count == 0:
@@ -344,10 +351,14 @@ class EventPublisher:
             await self._to_spool(events)
 
     async def _to_spool(self, events: list[events_pb2.Event]) -> None:
-        if not self._spool_open:
-            await self._open_spool()
         records = [e.SerializeToString() for e in events]
-        written = await asyncio.to_thread(self._spool.append, records)
+        written = 0
+        try:
+            if not self._spool_open:
+                await self._open_spool()
+            written = await asyncio.to_thread(self._spool.append, records)
+        except OSError:
+            log.exception("event spool write failed", extra={"data": {"spool": str(self._spool.path)}})
         self.metrics.spooled.inc(written)
         self._update_spool_gauges()
         lost = len(records) - written
@@ -395,9 +406,9 @@ class EventPublisher:
         await self._write_dead(record)
 
     async def _write_dead(self, record: bytes) -> None:
-        if not self._spool_open:
-            await self._open_spool()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the error line above already reported the event
+            if not self._spool_open:
+                await self._open_spool()
             await asyncio.to_thread(self._spool.dead_letter, record)
 
     def _update_spool_gauges(self) -> None:
