@@ -12,7 +12,7 @@ export ENVIRONMENT ?= development
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
         proto-breaking rust-check pytest lock bench-audio fuzz demo-cloud migrate gateway bench-gateway bootstrap bench-agent \
-        tts tts-down bench-tts bench-events
+        tts tts-down bench-tts bench-events bench-bridge
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -101,6 +101,10 @@ fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not 
 
 bench-agent: services ## agent service cost per call with fixed-latency providers; prints one JSON object
 	@$(PY) -m benchmarks.agent.bench
+
+bench-bridge: services ## bridge added latency per direction, CPU per SIP call (G.711/Opus), max calls; JSON
+	@$(PY) -m services.control.migrate >&2
+	@ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m benchmarks.bridge.bench
 
 migrate: services ## apply pending control-plane migrations (forward-only, idempotent)
 	@$(PY) -m services.control.migrate

@@ -12,6 +12,7 @@ leg is hung up, the Converse stream closed, the slot released, the Redis state m
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -82,6 +83,9 @@ class CallDeps:
     instance: str
     # (call, request, announce): announce = publish call.transfer_requested (not when the agent asked).
     transfer: Callable[[BridgeCall, pb.TransferRequest, bool], Awaitable[None]]
+    # Record the bridge's own added latency per frame (benchmarks): inbound = audio waiting in the jitter
+    # buffer and resampler when a frame goes to Converse; outbound = time an agent frame waits for its tick.
+    probe: bool = False
 
 
 class BridgeCall:
@@ -113,6 +117,9 @@ class BridgeCall:
         self._converse_task: asyncio.Task[None] | None = None
         self._recorded = False
         self.underruns = 0
+        self.probe_in_ms: list[float] = []
+        self.probe_out_ms: list[float] = []
+        self._arrivals: collections.deque[float] = collections.deque()
 
     @property
     def call_id(self) -> str:
@@ -265,6 +272,9 @@ class BridgeCall:
             else:
                 self._to_agent_frame(silence[: len(caller)] if self.on_hold else caller)
                 media.send_frame(self._next_playout(silence))
+                if self.deps.probe and media.inbound is not None:
+                    leg = media.inbound
+                    self.probe_in_ms.append(leg.stats()["playout_delay_ms"] + leg.resampler_delay_ms)
             last = media.stats.last_rx_ms or started_ms
             if now_ms - last > idle_ms:
                 await self.end("idle_timeout")
@@ -272,9 +282,19 @@ class BridgeCall:
             next_tick += FRAME_S
             delay = next_tick - loop.time()
             if delay < -RESYNC_AFTER_S:
+                # The loop was starved: the frames due meanwhile are lost to the caller anyway (its
+                # jitter buffer concealed them); dropping as much of the agent's audio keeps the
+                # playout latency from growing by every stall.
+                self._drop_playout(int(-delay / FRAME_S))
                 next_tick = loop.time()
                 delay = 0
             await asyncio.sleep(max(0.0, delay))
+
+    def _drop_playout(self, frames: int) -> None:
+        frames = min(frames, len(self._playout) // AGENT_FRAME_BYTES)
+        del self._playout[: frames * AGENT_FRAME_BYTES]
+        for _ in range(min(frames, len(self._arrivals))):
+            self._arrivals.popleft()
 
     def _next_playout(self, silence: bytes) -> bytes:
         if self.on_hold:
@@ -282,13 +302,15 @@ class BridgeCall:
         if len(self._playout) >= AGENT_FRAME_BYTES:
             frame = bytes(self._playout[:AGENT_FRAME_BYTES])
             del self._playout[:AGENT_FRAME_BYTES]
+            if self._arrivals:
+                self.probe_out_ms.append((time.monotonic() - self._arrivals.popleft()) * 1000)
             return frame
         if self._playout and self.agent_state != pb.AGENT_STATE_SPEAKING:
             frame = bytes(self._playout).ljust(AGENT_FRAME_BYTES, b"\x00")
             self._playout.clear()
             return frame
-        if self._playout:
-            self.underruns += 1
+        if self.agent_state == pb.AGENT_STATE_SPEAKING:
+            self.underruns += 1  # the agent is speaking but its next frame is not here in time
         return silence
 
     def _to_agent_frame(self, pcm: bytes) -> None:
@@ -385,8 +407,11 @@ class BridgeCall:
                 self.deps.errors.labels("bridge", "agent_audio_format").inc()
                 return
             self._playout += audio.payload
+            if self.deps.probe and len(audio.payload) == AGENT_FRAME_BYTES:
+                self._arrivals.append(time.monotonic())
         elif kind == "clear_audio":
             self._playout.clear()
+            self._arrivals.clear()
             if self.media is not None:
                 self.media.clear()
         elif kind == "state":
