@@ -1,19 +1,24 @@
 """Whose voices a TtsService call may use. Platform services (the agent speaking for a call, the control
 plane registering a tenant's voice, the gateway) are trusted with the tenant they name; any other
 caller (the `client` certificate) must present its tenant's API key or token, and acts for that tenant
-only. So a cloned voice is listed, read, registered or spoken only for its own tenant."""
+only. So a cloned voice is listed, read, registered or spoken only for its own tenant.
+
+Credential checks need PostgreSQL; they are imported and connected on the first such call, so a TTS
+node that only serves platform services needs neither the driver nor the database.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import grpc
 
-from services.control.auth import resolve_secret
-from services.control.authn import AuthError, CredentialVerifier
 from services.shared.grpc_server import Context, caller_identity
 from services.shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from services.control.authn import CredentialVerifier
 
 TRUSTED_SERVICES = frozenset({"agent", "control", "gateway"})
 
@@ -25,9 +30,14 @@ class TenantResolver:
         self._settings = settings
         self._lock = asyncio.Lock()
         self._verifier: CredentialVerifier | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._pool: Any = None
 
     async def _ensure(self) -> CredentialVerifier:
+        import asyncpg  # noqa: PLC0415 - only for credentialed callers (see the module docstring)
+
+        from services.control.auth import resolve_secret  # noqa: PLC0415
+        from services.control.authn import CredentialVerifier  # noqa: PLC0415
+
         async with self._lock:
             if self._verifier is None:
                 settings = self._settings or load_settings()
@@ -46,13 +56,19 @@ class TenantResolver:
         peer = caller_identity(context)
         if peer is None or peer in TRUSTED_SERVICES:
             return requested  # a platform service (or a plaintext development node)
+        from services.control.authn import AuthError  # noqa: PLC0415
+
         try:
             verifier = await self._ensure()
             principal = await verifier.authenticate_metadata(context.invocation_metadata())
         except AuthError as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, ImportError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot verify credentials ({exc})")
+        except Exception as exc:  # asyncpg's errors, without importing the driver up front
+            if type(exc).__module__.startswith("asyncpg"):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot verify credentials ({exc})")
+            raise
         if requested and requested != principal.tenant_id:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "this credential belongs to another tenant"
