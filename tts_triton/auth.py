@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 TRUSTED_SERVICES = frozenset({"agent", "control", "gateway"})
 
 
+class TenantRefusedError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 class TenantResolver:
     """Resolves the tenant of a call (see the module docstring); connects to PostgreSQL on first need."""
 
@@ -50,6 +57,23 @@ class TenantResolver:
                     settings.api_gateway.auth_cache_seconds,
                 )
             return self._verifier
+
+    async def http_tenant(self, api_key: str | None, authorization: str | None, requested: str) -> str:
+        """The tenant of an HTTP request's credential; raises TenantRefusedError (401/403/503)."""
+        from services.control.authn import AuthError  # noqa: PLC0415
+
+        try:
+            verifier = await self._ensure()
+            principal = await verifier.authenticate(api_key, authorization)
+        except AuthError as exc:
+            raise TenantRefusedError(401, str(exc)) from None
+        except Exception as exc:
+            if isinstance(exc, OSError | ImportError) or type(exc).__module__.startswith("asyncpg"):
+                raise TenantRefusedError(503, f"cannot verify credentials ({exc})") from None
+            raise
+        if requested and requested != principal.tenant_id:
+            raise TenantRefusedError(403, "this credential belongs to another tenant")
+        return principal.tenant_id
 
     async def tenant(self, context: Context, requested: str) -> str:
         """The tenant this call acts for; aborts UNAUTHENTICATED / PERMISSION_DENIED otherwise."""

@@ -52,6 +52,7 @@ from services.shared.settings import (
     TtsClientSettings,
     load_settings,
 )
+from tts_triton.auth import TenantRefusedError, TenantResolver
 from tts_triton.grpc_service import tts_binding
 from tts_triton.voices import VoiceError, VoiceRecord, VoiceRegistry
 from tts_triton.wav import wav_header
@@ -209,8 +210,16 @@ def parse_synthesis_body(raw: bytes) -> SynthesisBody:
 class TtsFacade:
     """The ASGI application. One per process; owns its Triton client and metrics registry."""
 
-    def __init__(self, settings: ChatterboxServiceSettings, *, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        settings: ChatterboxServiceSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        tenants: TenantResolver | None = None,
+    ):
         self.settings = settings
+        # Verifies callers' API keys / tokens (connects to PostgreSQL on the first request needing it).
+        self.tenants = tenants or TenantResolver()
         self.voices = VoiceRegistry(
             settings.storage_path,
             default_exaggeration=settings.default_exaggeration,
@@ -231,6 +240,7 @@ class TtsFacade:
 
     async def close(self) -> None:
         await self.tts.close()
+        await self.tenants.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -280,8 +290,22 @@ class TtsFacade:
 
     # --- synthesis ------------------------------------------------------------------------------
 
+    async def _tenant(self, scope: Scope, requested: str) -> str:
+        """The tenant this request acts for: its credential's (tts_triton/auth.py). Only with
+        http_authentication off (development, tests) is the requested tenant taken as given."""
+        if not self.settings.http_authentication:
+            return requested
+        try:
+            return await self.tenants.http_tenant(
+                _header(scope, b"x-api-key") or None, _header(scope, b"authorization") or None, requested
+            )
+        except TenantRefusedError as exc:
+            code = {401: "unauthenticated", 403: "permission_denied"}.get(exc.status, "unavailable")
+            raise HttpError(exc.status, code, exc.message) from None
+
     async def _synthesize(self, scope: Scope, receive: Receive, send: Send, *, force_stream: bool) -> None:
         body = parse_synthesis_body(await _read_body(receive, MAX_JSON_BODY))
+        tenant_id = await self._tenant(scope, body.tenant_id)
         streaming = force_stream or body.streaming
         raw_pcm = streaming and "audio/l16" in _header(scope, b"accept").lower()
         started = time.perf_counter()
@@ -289,7 +313,7 @@ class TtsFacade:
         chunks = self.tts.stream(
             body.text,
             voice_id=body.voice_id,
-            tenant_id=body.tenant_id,
+            tenant_id=tenant_id,
             exaggeration=body.exaggeration,
             cfg_weight=body.cfg_weight,
             seed=body.seed,
@@ -356,12 +380,12 @@ class TtsFacade:
     # --- voices ---------------------------------------------------------------------------------
 
     async def _list_voices(self, scope: Scope, send: Send) -> None:
-        tenant = _query(scope).get("tenant_id", "")
+        tenant = await self._tenant(scope, _query(scope).get("tenant_id", ""))
         voices = await asyncio.to_thread(self.voices.list, tenant)
         await self._json(send, 200, {"voices": [voice_json(v) for v in voices]})
 
     async def _get_voice(self, voice_id: str, scope: Scope, send: Send) -> None:
-        tenant = _query(scope).get("tenant_id", "")
+        tenant = await self._tenant(scope, _query(scope).get("tenant_id", ""))
         try:
             voice = await asyncio.to_thread(self.voices.get, urllib.parse.unquote(voice_id), tenant)
         except VoiceError as exc:
@@ -406,12 +430,13 @@ class TtsFacade:
         name = fields.get("name")
         if not isinstance(name, str):
             raise HttpError(400, "invalid_argument", "name is required")
+        tenant_id = await self._tenant(scope, str(_field(fields, "tenant_id", "tenantId") or ""))
         try:
             voice = await asyncio.to_thread(
                 self.voices.register,
                 name=name,
                 reference_audio=audio,
-                tenant_id=str(_field(fields, "tenant_id", "tenantId") or ""),
+                tenant_id=tenant_id,
                 voice_id=str(_field(fields, "voice_id", "voiceId") or ""),
                 description=str(fields.get("description") or ""),
                 language=str(fields.get("language") or "en-US"),
@@ -532,7 +557,7 @@ async def serve(settings: ChatterboxServiceSettings) -> None:
     grpc_server = GrpcServer(
         "tts",
         ServerSettings(host=settings.host, grpc_port=settings.grpc_port, metrics_port=0),
-        [tts_binding(app.tts, app.voices)],
+        [tts_binding(app.tts, app.voices, app.tenants)],
         serve_metrics_http=False,
     )
     # One /metrics for the node: the facade's own series and the gRPC server's.

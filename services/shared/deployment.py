@@ -27,6 +27,8 @@ def deployment_problems(settings: Settings) -> list[str]:
     ]
     if settings.internal_tls.mode != "mtls":
         problems.append(f"INTERNAL_TLS__MODE must be mtls in {settings.environment}")
+    if not settings.chatterbox_service.http_authentication:
+        problems.append(f"CHATTERBOX_SERVICE__HTTP_AUTHENTICATION must be true in {settings.environment}")
     if settings.outbound_http.allowed_networks:
         problems.append(
             f"OUTBOUND_HTTP__ALLOWED_NETWORKS must be empty in {settings.environment} (tests only)"

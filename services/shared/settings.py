@@ -309,6 +309,10 @@ class ChatterboxServiceSettings(BaseModel):
     cache_size: int = Field(10, ge=1)
     chunk_duration_ms: int = Field(100, ge=20, le=1000)
     buffer_chunks: int = Field(3, ge=1)
+    # The HTTP facade takes the tenant from the caller's API key or token (X-API-Key / Bearer), never
+    # from the query or body alone. False only for development and tests on one machine (refused in
+    # staging/production by services/shared/deployment.py).
+    http_authentication: bool = True
 
 
 class OutboundHttpSettings(BaseModel):

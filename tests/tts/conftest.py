@@ -55,7 +55,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 async def facade_url(triton: str, node_settings: ChatterboxServiceSettings) -> AsyncIterator[str]:
     port = _free_port()
-    app = TtsFacade(node_settings.model_copy(update={"triton_url": triton, "port": port}))
+    # These tests exercise synthesis and the registry with tenants named in requests: the facade's
+    # credential check is off here (tests/security/test_voices.py covers it with real API keys).
+    app = TtsFacade(
+        node_settings.model_copy(update={"triton_url": triton, "port": port, "http_authentication": False})
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
     )
