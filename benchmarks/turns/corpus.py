@@ -17,3 +17,25 @@ HELDOUT_SENTENCES = (
     "Yes please, that works for me.",
     "No thanks, that's all.",
 )
+
+VOICES = ("default_male_1", "default_female_1")
+
+# Dictation read in groups ("|" = a pause of PAUSES_S): one turn each, never answered early.
+DICTATIONS = (
+    "My number is | five five five | one two three | four five six seven",
+    "My name is Smith | S M | I T H",
+)
+PAUSES_S = (0.3, 0.7, 1.2)
+
+# Said while the agent talks: listening, not interrupting.
+BACKCHANNELS = ("Okay.", "Uh huh.", "Yeah.", "Right.")
+
+# Said while the agent talks: real interruptions.
+INTERRUPTIONS = ("Can I speak to someone at reception please?", "Sorry, where is the clinic?")
+
+# Plain questions for end-to-end latency at the caller.
+QUESTIONS = (
+    "What are your opening hours?",
+    "How much does a consultation cost?",
+    "Where is the clinic?",
+)

@@ -24,7 +24,7 @@ VOICED_RMS = 300.0
 REPLY_GAP_S = 0.6
 
 
-def _voiced(pcm: bytes) -> bool:
+def voiced(pcm: bytes) -> bool:
     samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
     return bool(samples.size) and float(np.sqrt(np.mean(samples**2))) > VOICED_RMS
 
@@ -33,8 +33,8 @@ def caller_e2e_ms(record: CallRecord) -> list[float]:
     """Latency as the caller hears it, per agent reply that follows caller speech: from the last voiced
     frame the caller sent to the first voiced frame of the agent's reply, on the softphone's own clock
     (network, jitter and the agent's pacing included; independent of the server's marks)."""
-    caller = [t for t, pcm in record.caller_audio if _voiced(pcm)]
-    agent = [t for t, pcm in record.agent_audio if _voiced(pcm)]
+    caller = [t for t, pcm in record.caller_audio if voiced(pcm)]
+    agent = [t for t, pcm in record.agent_audio if voiced(pcm)]
     starts, last = [], -1e9
     for t in agent:
         if t - last > REPLY_GAP_S:

@@ -130,6 +130,18 @@ async def test_barge_in_clears_audio_and_keeps_only_what_was_heard(
     assert record.transfer is not None  # and the interruption itself was answered
 
 
+@pytest.mark.parametrize("backchannel", ["Okay.", "Uh huh."])
+async def test_a_backchannel_while_the_agent_talks_does_not_interrupt(
+    caller: ScriptedCaller, backchannel: str
+) -> None:
+    record = await caller.call(
+        CallScript(lines=["What are your opening hours?", backchannel], barge_in_after_s=1.5)
+    )
+    assert record.clear_audio == 0, [(who, text) for _, who, text, _ in record.transcript]
+    said = agent_lines(record)
+    assert (HOURS_ANSWER, False) in said  # heard to the end
+
+
 @pytest.mark.parametrize("pause_s", [0.3, 0.8, 1.2])
 async def test_a_phone_number_read_with_pauses_is_one_turn(caller: ScriptedCaller, pause_s: float) -> None:
     # The end-of-turn model hears the pauses between digit groups as pauses, not ends of turn.

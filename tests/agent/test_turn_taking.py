@@ -127,3 +127,11 @@ async def test_playout_paces_continuous_frames_and_reports_what_was_heard() -> N
     # A re-offer restarts the interrupted sentence, not the middle of it.
     assert report.resume_text == "Three four five six."
     assert not playout.active
+
+
+def test_barge_in_evidence_excludes_the_vads_hangover() -> None:
+    ep = Endpointer(threshold=0.5, min_speech_ms=100, min_silence_ms=300)
+    feed(ep, [0.9] * 5 + [0.1] * 8)  # 160 ms of "mm-hm", then 256 ms of silence: still "in speech"
+    assert ep.in_speech
+    assert abs(ep.voiced_duration() - 5 * WINDOW) < 1e-9
+    assert ep.speech_duration(13 * WINDOW) > 0.4  # what the 400 ms minimum used to count

@@ -51,8 +51,14 @@ class Endpointer:
         self._last_voiced = 0.0
 
     def speech_duration(self, now: float) -> float:
-        """Seconds of the current speech segment (0 when not speaking)."""
+        """Seconds of the current speech segment (0 when not speaking), hangover included."""
         return now - self._speech_start if self.in_speech else 0.0
+
+    def voiced_duration(self) -> float:
+        """Seconds from the true onset of the current speech to its last voiced window: the evidence a
+        barge-in needs. The silence the VAD waits out before ending speech (its hangover) is not in it,
+        so a 150 ms "mm-hm" stays 150 ms long."""
+        return max(self._last_voiced - self._speech_start, 0.0) if self.in_speech else 0.0
 
     def update(self, probability: float, window_start: float, window_s: float) -> SpeechEvent | None:
         window_end = window_start + window_s

@@ -69,6 +69,14 @@ STT_FINAL_TIMEOUT_S = 1.5
 BACKCHANNEL = frozenset(
     ["uh", "huh", "uh-huh", "mhm", "mm", "hmm", "yeah", "yep", "ok", "okay", "right", "sure"]
 )
+# One word that does interrupt the agent (any other single word while it talks is a backchannel).
+INTERRUPTING = frozenset(
+    ["stop", "wait", "no", "hold", "sorry", "pardon", "excuse", "hello", "hey", "actually", "what", "but"]
+)
+# Speech this long while the agent talks interrupts it whatever the recogniser has made of it so far.
+SURE_SPEECH_S = 0.8
+# Below this recognition confidence, a short utterance while the agent talks is not an interruption.
+UNSURE_INTERRUPTION = 0.45
 IDLE_PROMPT = "Are you still there?"
 IDLE_GOODBYE = "It seems we got disconnected. Please call again anytime. Goodbye!"
 MAX_DURATION_GOODBYE = "We have reached the maximum length for this call. Goodbye!"
@@ -321,11 +329,17 @@ class CallSession:
         speaking = self.playout.active or (reply is not None and reply.audible)
         if not speaking or reply is None:
             return
-        heard = self.endpointer.speech_duration(self._audio_time)
+        heard = self.endpointer.voiced_duration()
         if heard * 1000 < self.profile.turn_taking.barge_in_min_speech_ms:
             return
-        if self._interim_words and all(w in BACKCHANNEL for w in self._interim_words):
+        words = self._interim_words
+        if words and all(w in BACKCHANNEL for w in words):
             return  # "uh-huh" while the agent talks is listening, not interrupting
+        if len(words) < 3 and not any(w in INTERRUPTING for w in words) and heard < SURE_SPEECH_S:
+            # Not yet evidence of an interruption: the offline recogniser often hears a backchannel as one
+            # or two odd words ("are", "book you").
+            # The final transcript decides if the caller stops here (_finish_turn).
+            return
         self._barge_in()
 
     def _barge_in(self) -> None:
@@ -463,6 +477,13 @@ class CallSession:
         if self._reply is not None:
             if all(w in BACKCHANNEL for w in text.lower().split()):
                 return  # "uh-huh" while the agent talks: it keeps talking
+            words = text.lower().split()
+            if len(words) == 1 and words[0] not in INTERRUPTING:
+                return  # one word that is not a command: a backchannel the recogniser misheard
+            if confidence < UNSURE_INTERRUPTION:
+                # Short, and words the recogniser is unsure of ("mm-hm" heard as "him"): listening
+                # noises, not an interruption; the agent's audio is never cleared for them.
+                return
             self._barge_in()  # short but real words ("stop", "no"): an interruption after all
         self._start_reply(caller_text=text, marks=marks, confidence=confidence)
 
