@@ -41,7 +41,7 @@ from gateway.transcode import (
     rpc_error_body,
 )
 from services.control.auth import RESERVED_PREFIX, InternalAuth, Principal, internal_auth, resolve_secret
-from services.control.authn import AuthError, CredentialVerifier
+from services.control.authn import AuthError, CredentialVerifier, FailedAuthLimiter, TooManyFailuresError
 from services.control.state import blocking_redis
 from services.shared.dependency_health import check_all
 from services.shared.grpc_channels import open_channel
@@ -321,7 +321,7 @@ class Gateway:
         """The caller's principal. A credential known valid from the cache costs no I/O; any other goes
         through the failed-authentication limit of its client address first, so a flood of missing or
         random credentials is answered 429 without database work."""
-        assert self._auth is not None and self._limiter is not None
+        assert self._auth is not None and self._redis is not None
         api_key = request.headers.get(self.cfg.authentication.api_key_header.lower())
         authorization = request.headers.get("authorization")
         try:
@@ -331,21 +331,19 @@ class Gateway:
         if cached is not None:
             return cached
         address = request.client_ip or "unknown"
-        limit = self.cfg.rate_limiting.failed_auth_limit
-        retry_after = await self._limiter.failures_blocked(address, limit)
-        if retry_after:
+        failures = FailedAuthLimiter(self._redis, self.cfg.rate_limiting.failed_auth_limit)
+        try:
+            await failures.check(address)
+        except TooManyFailuresError as exc:
             raise HttpError(
                 429,
-                error_body(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "too many requests with missing or invalid credentials from this address",
-                ),
-                {"Retry-After": str(retry_after)},
-            )
+                error_body(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)),
+                {"Retry-After": str(exc.retry_after)},
+            ) from None
         try:
             return await self._auth.authenticate(api_key, authorization)
         except AuthError as exc:
-            await self._limiter.record_failure(address)
+            await failures.record(address)
             raise HttpError(
                 401,
                 error_body(grpc.StatusCode.UNAUTHENTICATED, str(exc)),

@@ -74,31 +74,6 @@ class RateLimiter:
             )
         return RateLimitResult(True, self._limit, remaining, reset, 0, "")
 
-    async def failures_blocked(self, address: str, limit: int) -> int:
-        """Seconds until `address` may try again after `limit` failed authentications this minute
-        (0: not blocked). Fails open when Redis is unreachable."""
-        now = time.time()
-        window = int(now // WINDOW_SECONDS)
-        try:
-            count = await self._redis.get(f"authfail:{address}:{window}")
-        except (RedisError, OSError) as exc:
-            log.warning("rate limiter unavailable", extra={"data": {"error": str(exc)}})
-            return 0
-        if count is not None and int(count) >= limit:
-            return max(1, int((window + 1) * WINDOW_SECONDS - now))
-        return 0
-
-    async def record_failure(self, address: str) -> None:
-        window = int(time.time() // WINDOW_SECONDS)
-        key = f"authfail:{address}:{window}"
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, WINDOW_SECONDS + 1)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("rate limiter unavailable", extra={"data": {"error": str(exc)}})
-
     async def release(self, tenant_id: str) -> None:
         try:
             await self._redis.decr(self._concurrent_key(tenant_id))

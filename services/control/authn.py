@@ -9,6 +9,7 @@ round trip per request; a revocation made through this process is dropped from i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -16,15 +17,61 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.control.auth import ASSERTING_SERVICES, InternalAuth, Principal
 from services.control.credentials import VerifiedKey, authenticate_api_key, hash_key, key_by_id, verify_token
 
 CACHE_ENTRIES = 10_000
+log = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
     """The credential is missing or not valid; the message says what to send (never which check)."""
+
+
+class TooManyFailuresError(AuthError):
+    """This client address failed to authenticate too often this minute (answer 429 /
+    RESOURCE_EXHAUSTED before looking the credential up)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many requests with missing or invalid credentials from this address")
+        self.retry_after = retry_after
+
+
+FAILURE_WINDOW_SECONDS = 60
+
+
+class FailedAuthLimiter:
+    """Counts failed authentications per client address in Redis (`authfail:{address}:{minute}`), shared
+    by every gateway and control-plane instance. Fails open when Redis is unreachable."""
+
+    def __init__(self, redis: aioredis.Redis, limit: int) -> None:
+        self._redis = redis
+        self._limit = limit
+
+    async def check(self, address: str) -> None:
+        """Raises TooManyFailuresError while `address` is over the limit this minute."""
+        now = time.time()
+        window = int(now // FAILURE_WINDOW_SECONDS)
+        try:
+            count = await self._redis.get(f"authfail:{address}:{window}")
+        except (RedisError, OSError) as exc:
+            log.warning("failed-auth limiter unavailable", extra={"data": {"error": str(exc)}})
+            return
+        if count is not None and int(count) >= self._limit:
+            raise TooManyFailuresError(max(1, int((window + 1) * FAILURE_WINDOW_SECONDS - now)))
+
+    async def record(self, address: str) -> None:
+        key = f"authfail:{address}:{int(time.time() // FAILURE_WINDOW_SECONDS)}"
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, FAILURE_WINDOW_SECONDS + 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("failed-auth limiter unavailable", extra={"data": {"error": str(exc)}})
 
 
 class CredentialVerifier:
@@ -140,12 +187,24 @@ class CredentialVerifier:
         self._by_id.pop(key_id, None)
 
 
+def peer_address(peer: str) -> str:
+    """The client address of a gRPC peer string ("ipv4:10.0.0.5:51234" -> "10.0.0.5")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]") or peer
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0] or peer
+    return peer
+
+
 async def grpc_caller(
     metadata: Iterable[tuple[str, Any]] | None,
     *,
     peer: str | None,
     verifier: CredentialVerifier,
     internal: InternalAuth,
+    limiter: FailedAuthLimiter | None = None,
+    address: str = "",
 ) -> Principal:
     """The principal of a gRPC call: a context asserted by a platform service (accepted only when the
     caller's certificate names one of ASSERTING_SERVICES; on a plaintext development server, `peer` is
@@ -161,4 +220,20 @@ async def grpc_caller(
             return internal.verify(md)
         except PermissionError as exc:
             raise AuthError(str(exc)) from None
-    return await verifier.authenticate_metadata(md)
+    values = {k: v for k, v in md if isinstance(v, str)}
+    api_key, authorization = values.get("x-api-key"), values.get("authorization")
+    try:
+        cached = verifier.cached(api_key, authorization)
+    except AuthError:
+        cached = None
+    if cached is not None:
+        return cached
+    # Uncached credentials cost a lookup: an address that keeps failing is refused before it.
+    if limiter is not None:
+        await limiter.check(address)
+    try:
+        return await verifier.authenticate(api_key, authorization)
+    except AuthError:
+        if limiter is not None:
+            await limiter.record(address)
+        raise

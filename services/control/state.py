@@ -12,7 +12,14 @@ import grpc
 import redis.asyncio as aioredis
 
 from services.control.auth import InternalAuth, Permission, Principal, resolve_secret
-from services.control.authn import AuthError, CredentialVerifier, grpc_caller
+from services.control.authn import (
+    AuthError,
+    CredentialVerifier,
+    FailedAuthLimiter,
+    TooManyFailuresError,
+    grpc_caller,
+    peer_address,
+)
 from services.control.errors import ApiError
 from services.shared.db import create_pool
 from services.shared.events import EventBus
@@ -85,6 +92,10 @@ class ControlState:
                 peer=caller_identity(context),
                 verifier=self.verifier,
                 internal=self.auth,
+                limiter=FailedAuthLimiter(
+                    self.redis, self.settings.api_gateway.rate_limiting.failed_auth_limit
+                ),
+                address=peer_address(context.peer()),
             )
         except AuthError as exc:
             return exc
@@ -93,6 +104,8 @@ class ControlState:
         """The authenticated caller of this RPC; UNAUTHENTICATED / PERMISSION_DENIED otherwise."""
         del context  # authenticated once per RPC by the server's guard (CALLER)
         p = CALLER.get(AuthError("missing authentication"))
+        if isinstance(p, TooManyFailuresError):
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(p))
         if isinstance(p, AuthError):
             raise ApiError(grpc.StatusCode.UNAUTHENTICATED, str(p))
         if not p.allows(needed):

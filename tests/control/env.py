@@ -78,8 +78,11 @@ async def _require_services(settings: Settings) -> None:
 
 def make_settings(base: Settings, database_url: str, **gateway: object) -> Settings:
     control = base.control.model_copy(update={"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0})
+    # Failed authentications from 127.0.0.1 add up across the suite (one counter per address, shared
+    # by gateway and control plane); tests of the limit set their own.
+    limits = base.api_gateway.rate_limiting.model_copy(update={"failed_auth_limit": 1_000_000})
     api_gateway = base.api_gateway.model_copy(
-        update={"host": "127.0.0.1", "port": 0, "workers": 1, **gateway}
+        update={"host": "127.0.0.1", "port": 0, "workers": 1, "rate_limiting": limits, **gateway}
     )
     return load_settings(
         environment="test",

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from services.control.auth import Permission, Principal
+from services.control.authn import AuthError, FailedAuthLimiter, TooManyFailuresError, grpc_caller
 from services.shared.grpc_channels import open_channel
 from services.shared.settings import RateLimitSettings
 from tests.control.env import ControlPlane, running_gateway
@@ -164,3 +165,26 @@ async def test_internal_assertion_is_refused_from_a_client_certificate(cp: Contr
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListAgents(agents_pb2.ListAgentsRequest())
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_grpc_failed_authentication_is_limited_per_address(cp: ControlPlane) -> None:
+    """The same per-address limit guards gRPC credentials (one counter with the gateway's)."""
+    limiter = FailedAuthLimiter(cp.state.redis, limit=3)
+    address = f"203.0.113.{secrets.randbelow(250)}-{uuid.uuid4().hex[:6]}"
+    bad = [("x-api-key", "vk_live_" + secrets.token_urlsafe(32))]
+    outcomes = []
+    for _ in range(5):
+        try:
+            await grpc_caller(
+                bad,
+                peer="client",
+                verifier=cp.state.verifier,
+                internal=cp.auth,
+                limiter=limiter,
+                address=address,
+            )
+        except TooManyFailuresError:
+            outcomes.append("limited")
+        except AuthError:
+            outcomes.append("refused")
+    assert outcomes == ["refused"] * 3 + ["limited"] * 2
