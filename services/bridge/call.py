@@ -109,6 +109,8 @@ class BridgeCall:
         self.dialing: OutboundCall | None = None  # an outbound INVITE not answered yet
         self.merged: BridgeCall | None = None  # a call whose caller was merged into this one
         self.merged_into: BridgeCall | None = None
+        # Our SDP for this leg with a given direction (set by the leg once the media is negotiated).
+        self.offer_sdp: Callable[[str], bytes] | None = None
         self._playout = bytearray()
         self._to_agent: asyncio.Queue[pb.ConverseRequest | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -454,11 +456,21 @@ class BridgeCall:
         return True
 
     async def hold(self, on: bool) -> None:
+        """Hold: the agent hears silence and the phone gets nothing; the phone is told by a re-INVITE
+        (a=sendonly, back to sendrecv on resume) when the leg can send one."""
         if on:
-            if await self.move(CallState.ON_HOLD):
-                self.on_hold = True
+            if not await self.move(CallState.ON_HOLD):
+                return
+            self.on_hold = True
         elif self.state == CallState.ON_HOLD and await self.move(CallState.CONVERSING):
             self.on_hold = False
+        else:
+            return
+        if self.leg is not None and self.offer_sdp is not None and not self.ended.is_set():
+            try:
+                await self.leg.ua.reinvite(self.leg, self.offer_sdp("sendonly" if on else "sendrecv"))
+            except (TimeoutError, RuntimeError):
+                log.warning("re-INVITE for hold not answered", extra={"data": {"call_id": self.call_id}})
 
     # ---- the end
 

@@ -22,11 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.bridge.call import BridgeCall, CallDeps, CallInfo, EventSink
 from services.bridge.media import RtpSession
-from services.bridge.sip.message import uri_user
+from services.bridge.sip.message import SipMessage, uri_user
 from services.bridge.sip.sdp import (
     Codec,
     MediaDescription,
     SdpError,
+    answer_direction,
     build_sdp,
     choose_codec,
     default_offer_codecs,
@@ -240,7 +241,43 @@ class Bridge:
             media.close()
             await call.end("ack_timeout")
             return
+        self._attach_sdp(call, sip, media, answer_codecs)
         await call.connected(sip, media)
+
+    def _attach_sdp(self, call: BridgeCall, sip: SipCall, media: RtpSession, codecs: list[Codec]) -> None:
+        """Re-INVITEs of this leg: ours (hold/resume) and the phone's (it holds us, or its media moved)."""
+        version = [1]
+
+        def offer(direction: str) -> bytes:
+            version[0] += 1
+            session = id(call) & 0xFFFFFFFF
+            return build_sdp(
+                self.media_host,
+                media.port,
+                codecs,
+                session_id=session,
+                version=version[0],
+                direction=direction,
+            )
+
+        def on_reinvite(msg: SipMessage) -> bytes | None:
+            try:
+                new = parse_sdp(msg.body) if msg.body else None
+            except SdpError:
+                return None
+            direction = "sendrecv"
+            if new is not None:
+                if media.codec is not None and all(
+                    c.payload_type != media.codec.payload_type for c in new.codecs
+                ):
+                    return None  # a codec change mid-call is not supported
+                if (new.address, new.port) != media.remote and new.port:
+                    media.update_remote((new.address, new.port))
+                direction = answer_direction(new.direction)
+            return offer(direction)
+
+        call.offer_sdp = offer
+        sip.on_reinvite = on_reinvite
 
     def answer(self, call_id: str) -> bool:
         call = self.calls.get(call_id)
@@ -309,6 +346,7 @@ class Bridge:
             return
         dtmf = answer.dtmf
         media.configure(codec, (answer.address, answer.port), dtmf.payload_type if dtmf else None)
+        self._attach_sdp(call, sip, media, [codec] + ([dtmf] if dtmf else []))
         await call.connected(sip, media)
 
     # ---- transfer

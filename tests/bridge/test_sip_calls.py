@@ -323,7 +323,8 @@ async def test_post_calls_is_placed_by_the_bridge_and_fails_with_the_reason(env:
 
 
 async def test_call_control_rpcs_act_on_the_live_call(env: SipEnv) -> None:
-    """Answer (auto-answer off), Hold, Resume and a Transfer to a second phone (SIPp) through
+    """Answer (auto-answer off), Hold and Resume (re-INVITEs the phone answers), and a Transfer to a
+    second phone (SIPp) through
     CallControlService, as the control plane calls them; then the caller hangs up."""
     t = await env.tenant()
     channel = open_channel(env.cp.settings, env.rpc.address, identity="control")
@@ -332,9 +333,7 @@ async def test_call_control_rpcs_act_on_the_live_call(env: SipEnv) -> None:
     target_port = free_udp_port()
     try:
         async with phone() as p, phone() as reception:
-            sipp = await run_sipp(
-                env, "uac_caller_hangs_up", "-set", "rtp", str(p.port), "-d", "15000", service=t.number
-            )
+            sipp = await run_sipp(env, "uac_held", "-set", "rtp", str(p.port), "-d", "8000", service=t.number)
             await wait_for(lambda: env.calls and env.calls[-1].info.to_number == t.number, 10, "the call")
             call = env.calls[-1]
             await wait_for(lambda: call.state == CallState.RINGING, 10, "ringing")
@@ -363,6 +362,7 @@ async def test_call_control_rpcs_act_on_the_live_call(env: SipEnv) -> None:
             await asyncio.wait_for(reception.first_packet.wait(), 20)  # the caller, relayed
             code, log = await sipp.wait(40)
             assert code == 0, log[-3000:]
+            assert "a=sendonly" in log and log.count("INVITE sip:") >= 2  # held by a re-INVITE
             code, log = await target.wait(20)
             assert code == 0, log[-3000:]
     finally:

@@ -509,13 +509,26 @@ class UserAgent(asyncio.DatagramProtocol):
         req.add("To", str(NameAddr("", d.remote_uri, {"tag": d.remote_tag})))
         for route in d.route_set:
             req.add("Route", route)
+        if method == "INVITE":
+            req.add("Contact", f"<{self.contact_uri}>")
         if body:
             req.add("Content-Type", content_type)
             req.body = body
         call.note("->", req)
         resp = await self.send_request(req, d.peer)
         call.note("<-", resp)
+        if method == "INVITE" and 200 <= resp.status < 300:
+            # The ACK of a re-INVITE's 2xx: in the dialog, same CSeq number, a new branch.
+            ack = self._base_request("ACK", d.remote_target, call, req.cseq[0])
+            ack.add("From", req.get("From"))
+            ack.add("To", req.get("To"))
+            call.note("->", ack)
+            self.send(ack.encode(), d.peer)
         return resp
+
+    async def reinvite(self, call: SipCall, sdp: bytes) -> SipMessage:
+        """A new offer in the dialog (hold/resume); the final response (2xx already ACKed)."""
+        return await self.request_in_dialog(call, "INVITE", content_type="application/sdp", body=sdp)
 
     async def dial(
         self,
