@@ -12,6 +12,7 @@ from services.agent.pipeline.endpointing import (
     sounds_unfinished,
 )
 from services.agent.pipeline.history import Conversation
+from services.agent.pipeline.interruptions import final_interrupts, interrupts_while_speaking, reoffer
 from services.agent.pipeline.playout import Playout, Segment, words_heard
 from services.agent.ports import ToolUse
 
@@ -135,3 +136,26 @@ def test_barge_in_evidence_excludes_the_vads_hangover() -> None:
     assert ep.in_speech
     assert abs(ep.voiced_duration() - 5 * WINDOW) < 1e-9
     assert ep.speech_duration(13 * WINDOW) > 0.4  # what the 400 ms minimum used to count
+
+
+def test_interruption_evidence() -> None:
+    # While the agent talks: backchannels and one or two odd words under 0.8 s are not interruptions.
+    assert not interrupts_while_speaking(["okay"], 0.6, 400)
+    assert not interrupts_while_speaking(["are"], 0.5, 400)
+    assert not interrupts_while_speaking(["book", "you"], 0.6, 400)
+    assert not interrupts_while_speaking(["stop"], 0.2, 400)  # too short to count yet
+    assert interrupts_while_speaking(["stop"], 0.45, 400)
+    assert interrupts_while_speaking(["can", "i", "speak"], 0.5, 400)
+    assert interrupts_while_speaking([], 0.9, 400)  # long speech the recogniser has not caught up with
+    # On the final transcript of a short utterance.
+    assert not final_interrupts("uh huh", 0.9)
+    assert not final_interrupts("are", 0.9)
+    assert not final_interrupts("book you", 0.3)
+    assert final_interrupts("no", 0.8)
+    assert final_interrupts("where is the clinic", 0.7)
+
+
+def test_a_reoffer_restarts_the_sentence() -> None:
+    assert reoffer("We are open Monday to Friday.") == "As I was saying, we are open Monday to Friday."
+    assert reoffer("Doctor Smith can see you.") == "As I was saying, Doctor Smith can see you."
+    assert reoffer("I'm sorry.") == "As I was saying, I'm sorry."

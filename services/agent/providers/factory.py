@@ -24,7 +24,8 @@ from anthropic import AsyncAnthropic
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.chunker import SentenceChunker
 from services.agent.pipeline.normalize import normalize_for_speech
-from services.agent.pipeline.session import TOOL_FILLER, TROUBLE_HEARING, Providers
+from services.agent.pipeline.replies import TOOL_FILLER
+from services.agent.pipeline.session import TROUBLE_HEARING, Providers
 from services.agent.ports import (
     EndOfTurnModel,
     LanguageModel,
