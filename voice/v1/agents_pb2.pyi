@@ -322,6 +322,7 @@ class ConversationSettings(_message.Message):
     MAX_IDLE_PROMPTS_FIELD_NUMBER: _builtins.int
     MAX_CALL_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     BARGE_IN_MIN_SPEECH_MS_FIELD_NUMBER: _builtins.int
+    RECORDING_ENABLED_FIELD_NUMBER: _builtins.int
     max_history_tokens: _builtins.int
     summarize_after_turns: _builtins.int
     greeting_enabled: _builtins.bool
@@ -332,6 +333,10 @@ class ConversationSettings(_message.Message):
     max_call_duration_seconds: _builtins.int
     barge_in_min_speech_ms: _builtins.int
     """Minimum caller speech before a barge-in interrupts the agent."""
+    recording_enabled: _builtins.bool
+    """Record the call (both sides, stereo WAV, encrypted per tenant); fetched through
+    CallService.GetCallRecording, kept one year.
+    """
     def __init__(
         self,
         *,
@@ -343,10 +348,11 @@ class ConversationSettings(_message.Message):
         max_idle_prompts: _builtins.int = ...,
         max_call_duration_seconds: _builtins.int = ...,
         barge_in_min_speech_ms: _builtins.int = ...,
+        recording_enabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_greeting_enabled", b"_greeting_enabled", "_transfer_enabled", b"_transfer_enabled", "greeting_enabled", b"greeting_enabled", "transfer_enabled", b"transfer_enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_greeting_enabled", b"_greeting_enabled", "_transfer_enabled", b"_transfer_enabled", "barge_in_min_speech_ms", b"barge_in_min_speech_ms", "greeting_enabled", b"greeting_enabled", "idle_prompt_seconds", b"idle_prompt_seconds", "max_call_duration_seconds", b"max_call_duration_seconds", "max_history_tokens", b"max_history_tokens", "max_idle_prompts", b"max_idle_prompts", "summarize_after_turns", b"summarize_after_turns", "transfer_enabled", b"transfer_enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_greeting_enabled", b"_greeting_enabled", "_transfer_enabled", b"_transfer_enabled", "barge_in_min_speech_ms", b"barge_in_min_speech_ms", "greeting_enabled", b"greeting_enabled", "idle_prompt_seconds", b"idle_prompt_seconds", "max_call_duration_seconds", b"max_call_duration_seconds", "max_history_tokens", b"max_history_tokens", "max_idle_prompts", b"max_idle_prompts", "recording_enabled", b"recording_enabled", "summarize_after_turns", b"summarize_after_turns", "transfer_enabled", b"transfer_enabled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__greeting_enabled: _TypeAlias = _typing.Literal["greeting_enabled"]  # noqa: Y015
     _WhichOneofArgType__greeting_enabled: _TypeAlias = _typing.Literal["_greeting_enabled", b"_greeting_enabled"]  # noqa: Y015

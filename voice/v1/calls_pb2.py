@@ -24,6 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
@@ -31,7 +32,7 @@ from voice.v1 import agent_session_pb2 as voice_dot_v1_dot_agent__session__pb2
 from voice.v1 import common_pb2 as voice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voice/v1/calls.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvoice/v1/agent_session.proto\x1a\x15voice/v1/common.proto\"\x84\x04\n\x04\x43\x61ll\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.voice.v1.CallStatus\x12\x13\n\x0b\x66rom_number\x18\x06 \x01(\t\x12\x11\n\tto_number\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswer_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nend_reason\x18\x0c \x01(\t\x12\x16\n\x0etransferred_to\x18\r \x01(\t\x12,\n\x07\x63ontext\x18\x0e \x03(\x0b\x32\x1b.voice.v1.Call.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0eTranscriptTurn\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12\"\n\x07speaker\x18\x02 \x01(\x0e\x32\x11.voice.v1.Speaker\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0binterrupted\x18\x06 \x01(\x08\"\xe0\x01\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x05 \x01(\t\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x10ListCallsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.voice.v1.CallStatus\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\x08 \x01(\t\"K\n\x11ListCallsResponse\x12\x1d\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0e.voice.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd8\x01\n\x11\x43reateCallRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tto_number\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x66rom_number\x18\x03 \x01(\t\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.voice.v1.CreateCallRequest.ContextEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12\x43reateCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\"\"\n\x0eGetCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x0fGetCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\x12,\n\ntranscript\x18\x02 \x03(\x0b\x32\x18.voice.v1.TranscriptTurn\x12&\n\ntool_calls\x18\x03 \x03(\x0b\x32\x12.voice.v1.ToolCall\"\x84\x01\n\x13TransferCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.voice.v1.TransferType\x12\x14\n\x06target\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"4\n\x14TransferCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\"5\n\x11HangupCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x12HangupCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call2\xfb\x03\n\x0b\x43\x61llService\x12W\n\tListCalls\x12\x1a.voice.v1.ListCallsRequest\x1a\x1b.voice.v1.ListCallsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/calls\x12]\n\nCreateCall\x12\x1b.voice.v1.CreateCallRequest\x1a\x1c.voice.v1.CreateCallResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/calls:\x01*\x12V\n\x07GetCall\x12\x18.voice.v1.GetCallRequest\x1a\x19.voice.v1.GetCallResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/calls/{id}\x12q\n\x0cTransferCall\x12\x1d.voice.v1.TransferCallRequest\x1a\x1e.voice.v1.TransferCallResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/calls/{id}/transfer:\x01*\x12i\n\nHangupCall\x12\x1b.voice.v1.HangupCallRequest\x1a\x1c.voice.v1.HangupCallResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/calls/{id}/hangup:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14voice/v1/calls.proto\x12\x08voice.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cvoice/v1/agent_session.proto\x1a\x15voice/v1/common.proto\"\x84\x04\n\x04\x43\x61ll\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.voice.v1.CallStatus\x12\x13\n\x0b\x66rom_number\x18\x06 \x01(\t\x12\x11\n\tto_number\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswer_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nend_reason\x18\x0c \x01(\t\x12\x16\n\x0etransferred_to\x18\r \x01(\t\x12,\n\x07\x63ontext\x18\x0e \x03(\x0b\x32\x1b.voice.v1.Call.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x01\n\x0eTranscriptTurn\x12\x12\n\nturn_index\x18\x01 \x01(\r\x12\"\n\x07speaker\x18\x02 \x01(\x0e\x32\x11.voice.v1.Speaker\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0binterrupted\x18\x06 \x01(\x08\"\xe0\x01\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06status\x18\x05 \x01(\t\x12*\n\x07latency\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x10ListCallsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.voice.v1.CallStatus\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.voice.v1.CallDirection\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05query\x18\x08 \x01(\t\"K\n\x11ListCallsResponse\x12\x1d\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0e.voice.v1.Call\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd8\x01\n\x11\x43reateCallRequest\x12\x16\n\x08\x61gent_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\tto_number\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x66rom_number\x18\x03 \x01(\t\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.voice.v1.CreateCallRequest.ContextEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x12\x43reateCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\"\"\n\x0eGetCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x85\x01\n\x0fGetCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\x12,\n\ntranscript\x18\x02 \x03(\x0b\x32\x18.voice.v1.TranscriptTurn\x12&\n\ntool_calls\x18\x03 \x03(\x0b\x32\x12.voice.v1.ToolCall\"\x84\x01\n\x13TransferCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.voice.v1.TransferType\x12\x14\n\x06target\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"4\n\x14TransferCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\"5\n\x11HangupCallRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x12HangupCallResponse\x12\x1c\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x0e.voice.v1.Call\"+\n\x17GetCallRecordingRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xea\x04\n\x0b\x43\x61llService\x12W\n\tListCalls\x12\x1a.voice.v1.ListCallsRequest\x1a\x1b.voice.v1.ListCallsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/calls\x12]\n\nCreateCall\x12\x1b.voice.v1.CreateCallRequest\x1a\x1c.voice.v1.CreateCallResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/calls:\x01*\x12V\n\x07GetCall\x12\x18.voice.v1.GetCallRequest\x1a\x19.voice.v1.GetCallResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/calls/{id}\x12q\n\x0cTransferCall\x12\x1d.voice.v1.TransferCallRequest\x1a\x1e.voice.v1.TransferCallResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/calls/{id}/transfer:\x01*\x12i\n\nHangupCall\x12\x1b.voice.v1.HangupCallRequest\x1a\x1c.voice.v1.HangupCallResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/calls/{id}/hangup:\x01*\x12m\n\x10GetCallRecording\x12!.voice.v1.GetCallRecordingRequest\x1a\x14.google.api.HttpBody\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/calls/{id}/recordingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +59,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSFERCALLREQUEST'].fields_by_name['target']._serialized_options = b'\342A\001\002'
   _globals['_HANGUPCALLREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_HANGUPCALLREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCALLRECORDINGREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETCALLRECORDINGREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002'
   _globals['_CALLSERVICE'].methods_by_name['ListCalls']._loaded_options = None
   _globals['_CALLSERVICE'].methods_by_name['ListCalls']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/calls'
   _globals['_CALLSERVICE'].methods_by_name['CreateCall']._loaded_options = None
@@ -68,36 +71,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLSERVICE'].methods_by_name['TransferCall']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/calls/{id}/transfer:\001*'
   _globals['_CALLSERVICE'].methods_by_name['HangupCall']._loaded_options = None
   _globals['_CALLSERVICE'].methods_by_name['HangupCall']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/calls/{id}/hangup:\001*'
-  _globals['_CALL']._serialized_start=246
-  _globals['_CALL']._serialized_end=762
-  _globals['_CALL_CONTEXTENTRY']._serialized_start=716
-  _globals['_CALL_CONTEXTENTRY']._serialized_end=762
-  _globals['_TRANSCRIPTTURN']._serialized_start=765
-  _globals['_TRANSCRIPTTURN']._serialized_end=934
-  _globals['_TOOLCALL']._serialized_start=937
-  _globals['_TOOLCALL']._serialized_end=1161
-  _globals['_LISTCALLSREQUEST']._serialized_start=1164
-  _globals['_LISTCALLSREQUEST']._serialized_end=1430
-  _globals['_LISTCALLSRESPONSE']._serialized_start=1432
-  _globals['_LISTCALLSRESPONSE']._serialized_end=1507
-  _globals['_CREATECALLREQUEST']._serialized_start=1510
-  _globals['_CREATECALLREQUEST']._serialized_end=1726
-  _globals['_CREATECALLREQUEST_CONTEXTENTRY']._serialized_start=716
-  _globals['_CREATECALLREQUEST_CONTEXTENTRY']._serialized_end=762
-  _globals['_CREATECALLRESPONSE']._serialized_start=1728
-  _globals['_CREATECALLRESPONSE']._serialized_end=1778
-  _globals['_GETCALLREQUEST']._serialized_start=1780
-  _globals['_GETCALLREQUEST']._serialized_end=1814
-  _globals['_GETCALLRESPONSE']._serialized_start=1817
-  _globals['_GETCALLRESPONSE']._serialized_end=1950
-  _globals['_TRANSFERCALLREQUEST']._serialized_start=1953
-  _globals['_TRANSFERCALLREQUEST']._serialized_end=2085
-  _globals['_TRANSFERCALLRESPONSE']._serialized_start=2087
-  _globals['_TRANSFERCALLRESPONSE']._serialized_end=2139
-  _globals['_HANGUPCALLREQUEST']._serialized_start=2141
-  _globals['_HANGUPCALLREQUEST']._serialized_end=2194
-  _globals['_HANGUPCALLRESPONSE']._serialized_start=2196
-  _globals['_HANGUPCALLRESPONSE']._serialized_end=2246
-  _globals['_CALLSERVICE']._serialized_start=2249
-  _globals['_CALLSERVICE']._serialized_end=2756
+  _globals['_CALLSERVICE'].methods_by_name['GetCallRecording']._loaded_options = None
+  _globals['_CALLSERVICE'].methods_by_name['GetCallRecording']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/calls/{id}/recording'
+  _globals['_CALL']._serialized_start=273
+  _globals['_CALL']._serialized_end=789
+  _globals['_CALL_CONTEXTENTRY']._serialized_start=743
+  _globals['_CALL_CONTEXTENTRY']._serialized_end=789
+  _globals['_TRANSCRIPTTURN']._serialized_start=792
+  _globals['_TRANSCRIPTTURN']._serialized_end=961
+  _globals['_TOOLCALL']._serialized_start=964
+  _globals['_TOOLCALL']._serialized_end=1188
+  _globals['_LISTCALLSREQUEST']._serialized_start=1191
+  _globals['_LISTCALLSREQUEST']._serialized_end=1457
+  _globals['_LISTCALLSRESPONSE']._serialized_start=1459
+  _globals['_LISTCALLSRESPONSE']._serialized_end=1534
+  _globals['_CREATECALLREQUEST']._serialized_start=1537
+  _globals['_CREATECALLREQUEST']._serialized_end=1753
+  _globals['_CREATECALLREQUEST_CONTEXTENTRY']._serialized_start=743
+  _globals['_CREATECALLREQUEST_CONTEXTENTRY']._serialized_end=789
+  _globals['_CREATECALLRESPONSE']._serialized_start=1755
+  _globals['_CREATECALLRESPONSE']._serialized_end=1805
+  _globals['_GETCALLREQUEST']._serialized_start=1807
+  _globals['_GETCALLREQUEST']._serialized_end=1841
+  _globals['_GETCALLRESPONSE']._serialized_start=1844
+  _globals['_GETCALLRESPONSE']._serialized_end=1977
+  _globals['_TRANSFERCALLREQUEST']._serialized_start=1980
+  _globals['_TRANSFERCALLREQUEST']._serialized_end=2112
+  _globals['_TRANSFERCALLRESPONSE']._serialized_start=2114
+  _globals['_TRANSFERCALLRESPONSE']._serialized_end=2166
+  _globals['_HANGUPCALLREQUEST']._serialized_start=2168
+  _globals['_HANGUPCALLREQUEST']._serialized_end=2221
+  _globals['_HANGUPCALLRESPONSE']._serialized_start=2223
+  _globals['_HANGUPCALLRESPONSE']._serialized_end=2273
+  _globals['_GETCALLRECORDINGREQUEST']._serialized_start=2275
+  _globals['_GETCALLRECORDINGREQUEST']._serialized_end=2318
+  _globals['_CALLSERVICE']._serialized_start=2321
+  _globals['_CALLSERVICE']._serialized_end=2939
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from voice.v1 import calls_pb2 as voice_dot_v1_dot_calls__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
@@ -60,6 +61,11 @@ class CallServiceStub:
                 request_serializer=voice_dot_v1_dot_calls__pb2.HangupCallRequest.SerializeToString,
                 response_deserializer=voice_dot_v1_dot_calls__pb2.HangupCallResponse.FromString,
                 _registered_method=True)
+        self.GetCallRecording = channel.unary_unary(
+                '/voice.v1.CallService/GetCallRecording',
+                request_serializer=voice_dot_v1_dot_calls__pb2.GetCallRecordingRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class CallServiceServicer:
@@ -98,6 +104,14 @@ class CallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCallRecording(self, request, context):
+        """The call's recording as a stereo WAV (left: caller, right: agent), decrypted; NOT_FOUND when the
+        call was not recorded (or is not the tenant's). Over HTTP the body is the WAV itself (audio/wav).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_CallServiceServicer_to_server(servicer, server):
                     servicer.HangupCall,
                     request_deserializer=voice_dot_v1_dot_calls__pb2.HangupCallRequest.FromString,
                     response_serializer=voice_dot_v1_dot_calls__pb2.HangupCallResponse.SerializeToString,
+            ),
+            'GetCallRecording': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCallRecording,
+                    request_deserializer=voice_dot_v1_dot_calls__pb2.GetCallRecordingRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +282,33 @@ class CallService:
             '/voice.v1.CallService/HangupCall',
             voice_dot_v1_dot_calls__pb2.HangupCallRequest.SerializeToString,
             voice_dot_v1_dot_calls__pb2.HangupCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCallRecording(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voice.v1.CallService/GetCallRecording',
+            voice_dot_v1_dot_calls__pb2.GetCallRecordingRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

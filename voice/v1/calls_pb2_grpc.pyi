@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from grpc import aio as _aio
 from voice.v1 import calls_pb2 as _calls_pb2
 import abc as _abc_1
@@ -40,6 +41,10 @@ class CallServiceStub:
     """Call details with transcript and tool calls."""
     TransferCall: _grpc.UnaryUnaryMultiCallable[_calls_pb2.TransferCallRequest, _calls_pb2.TransferCallResponse]
     HangupCall: _grpc.UnaryUnaryMultiCallable[_calls_pb2.HangupCallRequest, _calls_pb2.HangupCallResponse]
+    GetCallRecording: _grpc.UnaryUnaryMultiCallable[_calls_pb2.GetCallRecordingRequest, _httpbody_pb2.HttpBody]
+    """The call's recording as a stereo WAV (left: caller, right: agent), decrypted; NOT_FOUND when the
+    call was not recorded (or is not the tenant's). Over HTTP the body is the WAV itself (audio/wav).
+    """
 
 @_typing.type_check_only
 class CallServiceAsyncStub(CallServiceStub):
@@ -53,6 +58,10 @@ class CallServiceAsyncStub(CallServiceStub):
     """Call details with transcript and tool calls."""
     TransferCall: _aio.UnaryUnaryMultiCallable[_calls_pb2.TransferCallRequest, _calls_pb2.TransferCallResponse]  # type: ignore[assignment]
     HangupCall: _aio.UnaryUnaryMultiCallable[_calls_pb2.HangupCallRequest, _calls_pb2.HangupCallResponse]  # type: ignore[assignment]
+    GetCallRecording: _aio.UnaryUnaryMultiCallable[_calls_pb2.GetCallRecordingRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """The call's recording as a stereo WAV (left: caller, right: agent), decrypted; NOT_FOUND when the
+    call was not recorded (or is not the tenant's). Over HTTP the body is the WAV itself (audio/wav).
+    """
 
 class CallServiceServicer(metaclass=_abc_1.ABCMeta):
     """Calls of a tenant: history with transcripts, outbound calls, transfers."""
@@ -93,5 +102,15 @@ class CallServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _calls_pb2.HangupCallRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_calls_pb2.HangupCallResponse, _abc.Awaitable[_calls_pb2.HangupCallResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCallRecording(
+        self,
+        request: _calls_pb2.GetCallRecordingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """The call's recording as a stereo WAV (left: caller, right: agent), decrypted; NOT_FOUND when the
+        call was not recorded (or is not the tenant's). Over HTTP the body is the WAV itself (audio/wav).
+        """
 
 def add_CallServiceServicer_to_server(servicer: CallServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
