@@ -1,6 +1,10 @@
 """Per-tenant rate limits in Redis (spec 3.1.5, 9.3): `default_limit` requests per fixed one-minute
 window (`ratelimit:{tenant}:{window}`, TTL 60 s) and at most `burst_limit` requests in flight
-(`ratelimit:{tenant}:concurrent`). One pipelined round trip per request, one to release."""
+(`ratelimit:{tenant}:concurrent`).
+
+Acquiring is one round trip: a server-side Lua script (sent once, then called by its SHA with EVALSHA)
+counts the request in the window, takes an in-flight slot and gives it back itself when either limit
+refuses, so a refused request costs no second trip. Releasing a granted slot is one DECR."""
 
 from __future__ import annotations
 
@@ -9,12 +13,28 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 # A crashed gateway cannot release its in-flight slots; they expire with the key after this long.
 CONCURRENT_TTL_SECONDS = 120
+
+# KEYS: window counter, in-flight counter. ARGV: per-window limit, burst limit, window TTL, in-flight TTL.
+# Returns {requests counted in this window, requests in flight including this one (0: not taken)}.
+# The window is counted even when refused (a flood keeps paying), as the two-pipeline version did.
+ACQUIRE_LUA = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if count > tonumber(ARGV[1]) then return {count, 0} end
+local in_flight = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+if in_flight > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[2])
+end
+return {count, in_flight}
+"""
 
 
 @dataclass(frozen=True)
@@ -39,36 +59,33 @@ class RateLimiter:
         self._redis = redis
         self._limit = per_minute
         self._burst = burst
+        # redis-py calls it with EVALSHA and loads it again by itself when Redis answers NOSCRIPT
+        # (after a restart or SCRIPT FLUSH).
+        self._acquire: AsyncScript = redis.register_script(ACQUIRE_LUA)
 
     @staticmethod
     def _concurrent_key(tenant_id: str) -> str:
         return f"ratelimit:{tenant_id}:concurrent"
 
     async def acquire(self, tenant_id: str) -> RateLimitResult | None:
-        """Counts the request; None when Redis is unreachable (the caller fails open)."""
+        """Counts the request; None when Redis is unreachable (the caller fails open). An allowed
+        result holds an in-flight slot that `release` gives back; a refused one holds none."""
         now = time.time()
         window = int(now // WINDOW_SECONDS)
         reset = max(1, int((window + 1) * WINDOW_SECONDS - now))
-        window_key = f"ratelimit:{tenant_id}:{window}"
-        concurrent_key = self._concurrent_key(tenant_id)
+        keys = [f"ratelimit:{tenant_id}:{window}", self._concurrent_key(tenant_id)]
+        args = [self._limit, self._burst, WINDOW_SECONDS + 1, CONCURRENT_TTL_SECONDS]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(window_key)
-                pipe.expire(window_key, WINDOW_SECONDS + 1)
-                pipe.incr(concurrent_key)
-                pipe.expire(concurrent_key, CONCURRENT_TTL_SECONDS)
-                count, _, in_flight, _ = await pipe.execute()
+            count, in_flight = (int(v) for v in await self._acquire(keys=keys, args=args))
         except (RedisError, OSError) as exc:
             log.warning("rate limiter unavailable", extra={"data": {"error": str(exc)}})
             return None
-        remaining = max(0, self._limit - int(count))
-        if int(count) > self._limit:
-            await self.release(tenant_id)
+        remaining = max(0, self._limit - count)
+        if count > self._limit:
             return RateLimitResult(
                 False, self._limit, 0, reset, reset, "rate limit exceeded: requests per minute"
             )
-        if int(in_flight) > self._burst:
-            await self.release(tenant_id)
+        if in_flight > self._burst:
             return RateLimitResult(
                 False, self._limit, remaining, reset, 1, "rate limit exceeded: too many concurrent requests"
             )
