@@ -62,9 +62,11 @@ MIN_DEADLINE_SECONDS = 0.001
 PUBLIC_PATHS = ("/health", "/metrics", "/openapi.json", "/docs")
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    # Answers come from the control plane only; call recordings (HttpBody) are the large ones.
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 8 * 1024 * 1024),
 )
+HTTP_BODY = "google.api.HttpBody"
 
 
 @dataclass
@@ -431,6 +433,12 @@ class Gateway:
                 status = int(value)
         if route.method.full_name == "voice.v1.ApiKeyService.RevokeApiKey" and self._auth is not None:
             self._auth.forget_key(getattr(message, "id", ""))
+        if response.DESCRIPTOR.full_name == HTTP_BODY:
+            # google.api.HttpBody: the body is the payload itself (a recording's WAV), not JSON.
+            content_type = getattr(response, "content_type", "") or "application/octet-stream"
+            data: bytes = getattr(response, "data", b"")
+            await self._send(send, request, status, data, content_type=content_type.encode(), extra=extra)
+            return status, "OK"
         await self._send_json(send, request, status, response_dict(route, response), extra)
         return status, "OK"
 

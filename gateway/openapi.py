@@ -233,6 +233,9 @@ def build_openapi(routes: list[Route]) -> dict[str, Any]:
         else:
             ok_schema = schemas.message(route.method.output_type)
         content_type = "application/x-ndjson" if route.server_streaming else "application/json"
+        if route.method.output_type.full_name == "google.api.HttpBody":
+            # The body is the payload itself (e.g. a recording's audio/wav), not a JSON document.
+            content_type, ok_schema = "*/*", {"type": "string", "format": "binary"}
         operation["responses"] = {
             # 2XX: most RPCs answer 200; some (CreateCall) answer 202 through the x-http-code convention.
             "2XX": {"description": "Success", "content": {content_type: {"schema": ok_schema}}},

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 
@@ -35,6 +36,8 @@ from services.control.state import ControlState
 from services.shared.call_slots import CallSlots
 from services.shared.events import call_event_id, new_event
 from services.shared.grpc_server import Context
+from services.shared.recordings.archive import RecordingNotFoundError
+from services.shared.recordings.crypto import RecordingCryptoError
 from voice.v1 import agent_session_pb2, call_control_pb2, calls_pb2, calls_pb2_grpc, common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
@@ -349,6 +352,22 @@ class CallServicer(calls_pb2_grpc.CallServiceServicer):
             transcript=[_transcript(t) for t in turns],
             tool_calls=[_tool_call(t) for t in tools],
         )
+
+    async def GetCallRecording(
+        self, request: calls_pb2.GetCallRecordingRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        p = self._s.principal(context, Permission.READ)
+        call_id = parse_id(request.id, "recording")
+        try:
+            wav = await self._s.recordings().fetch(self._s.pool, uuid.UUID(p.tenant_id), call_id)
+        except RecordingNotFoundError:
+            raise not_found("recording") from None
+        except RecordingCryptoError as exc:
+            log.error(
+                "recording does not decrypt", extra={"data": {"call_id": str(call_id), "error": str(exc)}}
+            )
+            raise ApiError(grpc.StatusCode.DATA_LOSS, "the recording cannot be decrypted") from None
+        return httpbody_pb2.HttpBody(content_type="audio/wav", data=wav)
 
     async def _publish(self, tenant_id: str, call_id: str, *, event_id: str = "", **payload: Any) -> None:
         bus = await self._s.bus()

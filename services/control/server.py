@@ -75,7 +75,9 @@ def guarded(servicer: S, pb2: Any, service: str, state: ControlState) -> S:
 
 
 def build_state(settings: Settings) -> ControlState:
-    return ControlState(settings=settings, auth=internal_auth(settings))
+    state = ControlState(settings=settings, auth=internal_auth(settings))
+    state.recordings()  # refuses to start without RECORDING_MASTER_KEY outside development/test
+    return state
 
 
 def build_server(settings: Settings, state: ControlState | None = None) -> GrpcServer:

@@ -24,6 +24,7 @@ from services.control.errors import ApiError
 from services.shared.db import create_pool
 from services.shared.events import EventBus
 from services.shared.grpc_server import Context, caller_identity
+from services.shared.recordings.archive import RecordingArchive
 from services.shared.settings import Settings
 
 # The caller of the RPC running in this task (each RPC runs in its own task): set by the server's
@@ -50,6 +51,7 @@ class ControlState:
     _redis: aioredis.Redis | None = None
     _bus: EventBus | None = None
     _verifier: CredentialVerifier | None = None
+    _recordings: RecordingArchive | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def ensure(self) -> None:
@@ -122,7 +124,17 @@ class ControlState:
                 self._bus = await EventBus.connect(self.settings, name="control")
             return self._bus
 
+    def recordings(self) -> RecordingArchive:
+        """Call recordings (reads RECORDING_MASTER_KEY: build_state calls it so that a deployment
+        without the key does not start)."""
+        if self._recordings is None:
+            self._recordings = RecordingArchive(self.settings)
+        return self._recordings
+
     async def close(self) -> None:
+        if self._recordings is not None:
+            await self._recordings.close()
+            self._recordings = None
         if self._bus is not None:
             await self._bus.close()
             self._bus = None
