@@ -1,7 +1,11 @@
-"""python -m gateway: the REST gateway on api_gateway.host:port (uvicorn, uvloop, httptools)."""
+"""python -m gateway [--workers N]: the REST gateway on api_gateway.host:port (uvicorn, uvloop,
+httptools). N worker processes (default `api_gateway.workers`) accept on one listening socket that the
+parent opens before forking them, so the node's cores share the requests; the parent restarts a worker
+that dies and stops them all on SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import uvicorn
@@ -11,7 +15,12 @@ from services.shared.logging import configure_logging
 from services.shared.settings import SettingsError, load_settings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="The REST gateway.")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (api_gateway.workers)")
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     try:
         settings = load_settings()
         check_deployment(settings)
@@ -27,7 +36,7 @@ def main() -> None:
         factory=True,
         host=cfg.host,
         port=cfg.port,
-        workers=cfg.workers,
+        workers=args.workers or cfg.workers,
         loop="uvloop",
         http="httptools",
         lifespan="on",

@@ -1,12 +1,17 @@
 """`make bench-gateway`: GET /v1/agents/{id} through the REST gateway (vegeta, constant rate) vs the same
 GetAgent RPC straight to the control plane (ghz), on this machine; prints one JSON object.
 
-Each server runs as its own process (control plane, gateway with one uvicorn worker) against a fresh
-PostgreSQL schema that is dropped afterwards. The gateway's overhead is its p99 minus ghz's p99 at the
-same rate (GATEWAY_RPS). `mtls_overhead_ms_p99` is GetAgent's p99 on the control plane with mutual TLS
-(as every internal client uses it; ghz presents the gateway's certificate) minus its p99 on a second,
-plaintext control plane on the same database, at GHZ_RPS, in the same run.
-Knobs: GATEWAY_RPS (500), GHZ_RPS (1000), BENCH_SECONDS (10).
+Each server runs as its own process (control plane, gateway with GATEWAY_WORKERS uvicorn workers on
+one listening socket) against a fresh PostgreSQL schema that is dropped afterwards. The gateway's
+overhead is its p99 minus ghz's p99 at the same rate (GATEWAY_RPS). `mtls_overhead_ms_p99` is
+GetAgent's p99 on the control plane with mutual TLS (as every internal client uses it; ghz presents the
+gateway's certificate) minus its p99 on a second, plaintext control plane on the same database, at
+GHZ_RPS, in the same run.
+`cpu_ms_per_request`: CPU time (user + system, from /proc) of the gateway's processes during the
+GATEWAY_RPS run divided by the requests answered (target 0.5 ms). `max_rps_p99_under_20ms`: the highest
+rate of the steps STEP_RATES (STEP_SECONDS each) the gateway answered, all 200, with p99 under 20 ms.
+Knobs: GATEWAY_RPS (500), GHZ_RPS (1000), BENCH_SECONDS (10), GATEWAY_WORKERS (1),
+STEP_RATES (250,500,750,1000,1250,1500,2000,3000), STEP_SECONDS (5).
 """
 
 from __future__ import annotations
@@ -63,6 +68,52 @@ async def wait_http(url: str, deadline: float) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants (uvicorn's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` so far (utime and stime of /proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def max_rps_under(
+    tools: Path, url: str, key: str, rates: list[int], seconds: int, *, p99_ms: float
+) -> tuple[float, list[dict[str, Any]]]:
+    """Steps up the rate until the gateway misses p99 < `p99_ms`, answers non-200s or falls behind;
+    the best rate it held and every step."""
+    best, steps = 0.0, []
+    for rate in rates:
+        try:
+            step: dict[str, Any] = {"rate": rate, **run_vegeta(tools, url, key, rate, seconds)}
+        except RuntimeError as exc:
+            steps.append({"rate": rate, "error": str(exc)[:200]})
+            break
+        steps.append(step)
+        # Vegeta's throughput counts answered requests per second: under 95 % of the asked rate, the
+        # gateway (or this machine) did not keep up.
+        if step["p99_ms"] >= p99_ms or step["rps"] < 0.95 * rate:
+            break
+        best = step["rps"]
+    return best, steps
+
+
 def run_vegeta(tools: Path, url: str, key: str, rps: int, seconds: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as targets:
         targets.write(f"GET {url}\nX-API-Key: {key}\n")
@@ -89,6 +140,7 @@ def run_vegeta(tools: Path, url: str, key: str, rps: int, seconds: int) -> dict[
         raise RuntimeError(f"gateway answered non-200s during the run: {codes}")
     return {
         "rps": round(data["throughput"], 1),
+        "requests": data["requests"],
         "p50_ms": round(lat["50th"] / 1e6, 3),
         "p99_ms": round(lat["99th"] / 1e6, 3),
     }
@@ -161,6 +213,11 @@ async def main() -> int:
     gateway_rps = int(os.environ.get("GATEWAY_RPS", "500"))
     ghz_rps = int(os.environ.get("GHZ_RPS", "1000"))
     seconds = int(os.environ.get("BENCH_SECONDS", "10"))
+    workers = int(os.environ.get("GATEWAY_WORKERS", "1"))
+    step_rates = [
+        int(r) for r in os.environ.get("STEP_RATES", "250,500,750,1000,1250,1500,2000,3000").split(",")
+    ]
+    step_seconds = int(os.environ.get("STEP_SECONDS", "5"))
     tools = Path(await asyncio.to_thread(install_tools))
     base = load_settings()
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -183,7 +240,7 @@ async def main() -> int:
             "CONTROL__GRPC_PORT": str(control_port),
             "CONTROL__METRICS_PORT": "0",
             "API_GATEWAY__PORT": str(gateway_port),
-            "API_GATEWAY__WORKERS": "1",
+            "API_GATEWAY__WORKERS": str(workers),
             "API_GATEWAY__CONTROL_TARGET": f"127.0.0.1:{control_port}",
             "API_GATEWAY__RATE_LIMITING__DEFAULT_LIMIT": "100000000",
             "API_GATEWAY__RATE_LIMITING__BURST_LIMIT": "100000",
@@ -226,8 +283,14 @@ async def main() -> int:
             "--key",
             str(pki / "gateway.key"),
         ]
+        gateway_pids = process_tree(procs[1].pid)
+        cpu_before = cpu_seconds(gateway_pids)
         gateway = await asyncio.to_thread(
             run_vegeta, tools, f"{gw}/v1/agents/{agent_id}", key, gateway_rps, seconds
+        )
+        cpu_ms_per_request = (cpu_seconds(gateway_pids) - cpu_before) * 1000 / max(1, gateway["requests"])
+        max_rps, steps = await asyncio.to_thread(
+            max_rps_under, tools, f"{gw}/v1/agents/{agent_id}", key, step_rates, step_seconds, p99_ms=20.0
         )
         grpc_same_rate = await asyncio.to_thread(
             run_ghz, tools, target, agent_id, metadata, gateway_rps, seconds, tls
@@ -254,8 +317,12 @@ async def main() -> int:
         "grpc_ghz_plaintext": grpc_plaintext,
         "gateway_overhead_ms_p99": round(gateway["p99_ms"] - grpc_same_rate["p99_ms"], 3),
         "mtls_overhead_ms_p99": round(grpc_ghz["p99_ms"] - grpc_plaintext["p99_ms"], 3),
-        "rates": {"gateway_rps": gateway_rps, "ghz_rps": ghz_rps, "seconds": seconds},
+        "cpu_ms_per_request": round(cpu_ms_per_request, 3),
+        "max_rps_p99_under_20ms": max_rps,
+        "rate_steps": steps,
+        "rates": {"gateway_rps": gateway_rps, "ghz_rps": ghz_rps, "seconds": seconds, "workers": workers},
         "targets": {
+            "cpu_ms_per_request_max": 0.5,
             "gateway_overhead_ms_p99_max": 5.0,
             "grpc_ghz_p99_ms_max": 10.0,
             "mtls_overhead_ms_p99_max": 1.0,
