@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from services.shared.cache import create_redis
 from services.shared.events import SUBJECT_PREFIX, EventBus, type_filter
 from services.shared.events_consumer import Backoff, Delivery, Subscription, subscribe
+from services.shared.recordings.store import open_store
 from services.shared.settings import Settings
 from services.worker.db import Conn, create_worker_pool
 from services.worker.metrics import WorkerMetrics
@@ -105,7 +106,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
         await self._subscribe()
         assert self.pool is not None
-        self.scheduler = Scheduler(self.pool, self.metrics)
+        self.scheduler = Scheduler(self.pool, self.metrics, store=open_store(self.settings))
         self.scheduler.start()
         self._monitor = asyncio.create_task(self._watch(), name="worker-monitor")
         log.info(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from services.shared.recordings.archive import delete_expired
+from services.shared.recordings.store import ObjectStore
 from services.worker.db import Conn
 from services.worker.metrics import WorkerMetrics
 
@@ -99,9 +102,13 @@ async def daily_report(conn: Conn, now: datetime) -> dict[str, object]:
     return {"day": day.date().isoformat(), "tenants": int(status.split()[-1])}
 
 
-async def retention(conn: Conn, now: datetime) -> dict[str, object]:
+async def retention(conn: Conn, now: datetime, store: ObjectStore | None = None) -> dict[str, object]:
     records = now - timedelta(days=RETENTION_DAYS["records"])
     deleted: dict[str, object] = {}
+    if store is not None:  # recordings: the encrypted objects, then their rows
+        deleted["recordings"] = await delete_expired(
+            conn, store, now - timedelta(days=RETENTION_DAYS["recordings"])
+        )
     old_calls = "SELECT id FROM calls WHERE COALESCE(ended_at, created_at) < $1"
     for table, sql in (
         ("transcripts", f"DELETE FROM transcripts WHERE call_id IN ({old_calls})"),
@@ -160,11 +167,24 @@ JOBS = (
 )
 
 
-async def run_due(pool: asyncpg.Pool, now: datetime, metrics: WorkerMetrics | None = None) -> list[str]:
+def jobs_with(store: ObjectStore | None) -> tuple[Job, ...]:
+    """JOBS with retention deleting recording objects from `store` too."""
+    if store is None:
+        return JOBS
+    expire = functools.partial(retention, store=store)
+    return tuple(Job(j.name, j.period, expire) if j.name == "retention" else j for j in JOBS)
+
+
+async def run_due(
+    pool: asyncpg.Pool,
+    now: datetime,
+    metrics: WorkerMetrics | None = None,
+    store: ObjectStore | None = None,
+) -> list[str]:
     """Runs every job whose current period is not done yet and that no other instance is running;
-    returns the names of the jobs this call ran."""
+    returns the names of the jobs this call ran. With `store`, retention deletes recording objects."""
     ran = []
-    for job in JOBS:
+    for job in jobs_with(store):
         period = job.period(now)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -204,8 +224,15 @@ async def run_due(pool: asyncpg.Pool, now: datetime, metrics: WorkerMetrics | No
 
 
 class Scheduler:
-    def __init__(self, pool: asyncpg.Pool, metrics: WorkerMetrics, tick_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        metrics: WorkerMetrics,
+        tick_s: float = 30.0,
+        store: ObjectStore | None = None,
+    ) -> None:
         self._pool = pool
+        self._store = store
         self._metrics = metrics
         self._tick_s = tick_s
         self._task: asyncio.Task[None] | None = None
@@ -216,7 +243,7 @@ class Scheduler:
     async def _run(self) -> None:
         while True:
             try:
-                await run_due(self._pool, datetime.now(UTC), self._metrics)
+                await run_due(self._pool, datetime.now(UTC), self._metrics, self._store)
             except (asyncpg.PostgresError, OSError) as exc:
                 log.warning("scheduler tick failed: %s", exc)
             await asyncio.sleep(self._tick_s)
@@ -226,3 +253,5 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._store is not None:
+            await self._store.close()

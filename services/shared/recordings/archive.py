@@ -129,10 +129,16 @@ async def delete_expired(conn: Conn, store: ObjectStore, before: datetime) -> in
     """Deletes recordings made before `before`: objects first, then rows, so a crash in between leaves
     rows whose objects are already gone (deleting those again is harmless), never orphan objects."""
     rows = await conn.fetch("SELECT call_id, object_key FROM recordings WHERE created_at < $1", before)
+    gone = []
     for row in rows:
-        await store.delete(row["object_key"])
-    if rows:
-        await conn.execute(
-            "DELETE FROM recordings WHERE call_id = ANY($1::uuid[])", [r["call_id"] for r in rows]
-        )
-    return len(rows)
+        try:
+            await store.delete(row["object_key"])
+        except Exception as exc:  # the store is away: this row waits for the next run
+            log.warning(
+                "recording object not deleted", extra={"data": {"key": row["object_key"], "error": str(exc)}}
+            )
+            continue
+        gone.append(row["call_id"])
+    if gone:
+        await conn.execute("DELETE FROM recordings WHERE call_id = ANY($1::uuid[])", gone)
+    return len(gone)
