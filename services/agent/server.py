@@ -36,6 +36,7 @@ from services.shared.events import call_event_id, check_id, new_event
 from services.shared.events_publisher import EventPublisher
 from services.shared.grpc_server import Context, GrpcServer, bind
 from services.shared.logging import log_context
+from services.shared.recordings.writer import RecordingWriter
 from services.shared.settings import Settings
 from voice.v1 import agent_session_pb2, agent_session_pb2_grpc, events_pb2
 
@@ -61,8 +62,11 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         metrics: AgentMetrics,
         observer: SessionObserver | None = None,
         events: CallEventSink | None = None,
+        recordings: RecordingWriter | None = None,
     ) -> None:
         self._settings = settings.agent_service
+        # Records the calls whose agent asks for it (conversation.recording_enabled).
+        self._recordings = recordings
         self._directory = directory
         self._providers = providers
         self._metrics = metrics
@@ -141,6 +145,10 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                     f"call {start.call_id!r} already has a session in progress",
                 )
             self._live.add(key)
+            if self._recordings is not None and agent.conversation.recording_enabled:
+                session.recorder = self._recordings.start(
+                    start.tenant_id, start.call_id, agent_rate=output_rate
+                )
             log.info("session started", extra={"data": {"agent_id": start.agent_id}})
             self._metrics.calls_active.labels(start.tenant_id).inc()
             task = asyncio.create_task(session.run(request_iterator), name=f"call-{start.call_id}")
@@ -165,6 +173,8 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 with contextlib.suppress(BaseException):
                     await task
                 self._live.discard(key)
+                if self._recordings is not None and session.recorder is not None:
+                    self._recordings.finish_later(session.recorder)  # WAV, encryption, upload off the RPC
                 self._publish_ended(session, status)
                 self._metrics.calls_active.labels(start.tenant_id).dec()
                 direction = "outbound" if start.direction == 2 else "inbound"
@@ -217,9 +227,18 @@ def build_server(
         )
         server.on_stop.append(sink.close)
         events = sink
+    # Reads RECORDING_MASTER_KEY now: outside development/test the agent does not start without it.
+    recordings = RecordingWriter(settings)
     servicer = AgentSessionServicer(
-        settings, directory=directory, providers=providers, metrics=metrics, observer=observer, events=events
+        settings,
+        directory=directory,
+        providers=providers,
+        metrics=metrics,
+        observer=observer,
+        events=events,
+        recordings=recordings,
     )
     server.on_stop.append(servicer.admission.close)
+    server.on_stop.append(recordings.close)
     server.bindings = (bind(agent_session_pb2, agent_session_pb2_grpc, "AgentSessionService", servicer),)
     return server

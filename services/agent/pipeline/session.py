@@ -49,6 +49,7 @@ from services.agent.ports import (
     VoiceActivity,
 )
 from services.agent.profile import AgentProfile
+from services.shared.recordings.writer import CallRecorder
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import events_pb2
 
@@ -134,6 +135,8 @@ class CallSession:
         self._ended = asyncio.Event()
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
+        # Both sides of the call when the agent records it (set by the server; see recordings/writer.py).
+        self.recorder: CallRecorder | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -198,6 +201,8 @@ class CallSession:
         assert self.stt is not None
         window_s = self.vad.window_ms / 1000
         self._audio_time += len(pcm) / 2 / 16000
+        if self.recorder is not None:
+            self.recorder.caller(pcm)
         probabilities = await self.vad.probabilities(pcm)
         # The windows returned end at the newest audio; place them on the audio clock accordingly.
         first_start = self._audio_time - len(probabilities) * window_s
@@ -473,6 +478,8 @@ class CallSession:
 
     async def _send_frame(self, pcm: bytes, sequence_number: int, timestamp: int, segment: Segment) -> None:
         self.link.audio(pcm, sequence_number, timestamp)
+        if self.recorder is not None:
+            self.recorder.agent(pcm)
         reply = self._reply
         if reply is not None and reply.reply_id == segment.reply_id and reply.marks is not None:
             marks = reply.marks

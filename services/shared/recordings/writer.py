@@ -1,10 +1,11 @@
 """What a process that carries call audio uses to record calls.
 
     writer = RecordingWriter(settings)            # once per process (reads the master key: fails early)
-    recorder = writer.start(tenant_id, call_id)   # per call whose agent has recording_enabled
+    recorder = writer.start(tenant_id, call_id, agent_rate=24000)  # per call whose agent records
     recorder.caller(pcm16, rate)                  # each caller frame as received (mono PCM16 LE)
-    recorder.agent(pcm16, rate)                   # each agent frame as sent to the caller
-    await recorder.finish()                       # at the call's end: WAV built, encrypted, stored
+    recorder.agent(pcm16)                         # each agent frame as sent (rate: agent_rate unless given)
+    writer.finish_later(recorder)                 # at the call's end: WAV built, encrypted, stored
+                                                  # (or `await recorder.finish()` to wait for it)
     await writer.close()                          # at shutdown
 
 `call_id` is the id the call has on the event bus; the recording is stored under the call record's id
@@ -57,7 +58,7 @@ class RecordingWriter:
             assert self._pool is not None
             return self._pool
 
-    def start(self, tenant_id: str, call_id: str) -> CallRecorder | None:
+    def start(self, tenant_id: str, call_id: str, *, agent_rate: int = 16000) -> CallRecorder | None:
         try:
             tenant = uuid.UUID(tenant_id)
         except ValueError:
@@ -65,9 +66,8 @@ class RecordingWriter:
                 "call not recorded: tenant id is not a UUID", extra={"data": {"tenant_id": tenant_id}}
             )
             return None
-        return CallRecorder(
-            self, tenant, call_record_id(tenant_id, call_id), self._settings.recordings.sample_rate
-        )
+        rate = self._settings.recordings.sample_rate
+        return CallRecorder(self, tenant, call_record_id(tenant_id, call_id), rate, agent_rate)
 
     def finish_later(self, recorder: CallRecorder) -> None:
         """Stores the recording in the background (the call's RPC need not wait); close() waits for it."""
@@ -86,8 +86,9 @@ class RecordingWriter:
 
 class CallRecorder:
     def __init__(
-        self, writer: RecordingWriter, tenant_id: uuid.UUID, record_id: uuid.UUID, rate: int
+        self, writer: RecordingWriter, tenant_id: uuid.UUID, record_id: uuid.UUID, rate: int, agent_rate: int
     ) -> None:
+        self.agent_rate = agent_rate
         self._writer = writer
         self.tenant_id = tenant_id
         self.record_id = record_id
@@ -98,9 +99,9 @@ class CallRecorder:
         if not self._done:
             self._stereo.caller(pcm, rate)
 
-    def agent(self, pcm: bytes, rate: int) -> None:
+    def agent(self, pcm: bytes, rate: int | None = None) -> None:
         if not self._done:
-            self._stereo.agent(pcm, rate)
+            self._stereo.agent(pcm, rate or self.agent_rate)
 
     async def finish(self) -> None:
         if self._done:
