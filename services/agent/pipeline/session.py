@@ -369,7 +369,13 @@ class CallSession:
             if decision.model_ms is not None:
                 log.debug(
                     "end of turn",
-                    extra={"data": {"p_complete": decision.complete_probability, "ms": decision.model_ms}},
+                    extra={
+                        "data": {
+                            "p_complete": decision.complete_probability,
+                            "ms": decision.model_ms,
+                            "wait_s": decision.wait_s,
+                        }
+                    },
                 )
             await asyncio.sleep(decision.wait_s)
         else:
