@@ -12,7 +12,7 @@ export ENVIRONMENT ?= development
 .DEFAULT_GOAL := help
 .PHONY: help setup services services-down demo up down test generate check-generated lint typecheck proto-lint \
         proto-breaking rust-check pytest lock bench-audio fuzz demo-cloud migrate gateway bench-gateway bootstrap bench-agent \
-        tts tts-down bench-tts bench-events bench-bridge
+        tts tts-down bench-tts bench-events bench-bridge bench-turns
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ tts-down: ## stop the TTS node (tritonserver and facade)
 bench-tts: setup ## TTS time to first audio / RTF at concurrency 1/4/16, Triton vs in-process; one JSON object
 	@bash scripts/tts.sh triton-up >&2
 	@$(PY) -m benchmarks.tts.bench
+
+bench-turns: setup ## turn-taking at the caller, offline stack, 2 voices: premature endpoints, backchannels, barge-in, e2e, held-out WER; JSON
+	@bash scripts/tts.sh triton-up >&2
+	@ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m benchmarks.turns.bench
 
 demo: services tts ## the main job: the platform on this machine and a phone call to the demo AI agent
 	@$(PY) -m services.control.migrate
