@@ -109,7 +109,8 @@ status() {
     echo "nats        up    127.0.0.1:$NATS_PORT  (JetStream, monitor :$NATS_MON_PORT)"
   else echo "nats        down  127.0.0.1:$NATS_PORT"; ok=1; fi
   if port_open 127.0.0.1 "$S3_PORT"; then echo "s3          up    127.0.0.1:$S3_PORT  (versitygw, recordings)"
-  else echo "s3          down  127.0.0.1:$S3_PORT"; ok=1; fi
+  elif [ -x "$GOBIN_DIR/versitygw" ]; then echo "s3          down  127.0.0.1:$S3_PORT"; ok=1
+  else echo "s3          none  (no Go: RECORDINGS__BACKEND=filesystem for the demo)"; fi
   return $ok
 }
 
