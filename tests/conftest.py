@@ -15,6 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 # The suite runs as a development deployment, said explicitly (there is no silent default), with mutual
 # TLS between services as in production: certificates of the local CA from scripts/certs.sh.
 os.environ.setdefault("ENVIRONMENT", "development")
+# Agents in the suite share their process (and the machine's cores) with the test's own callers: their
+# CPU and loop lag say little about the agent, so load refusals stay off unless a test sets its limits
+# (tests/agent/test_capacity.py).
+os.environ.setdefault("AGENT_SERVICE__CAPACITY__MAX_LOOP_LAG_MS", "1000000")
+os.environ.setdefault("AGENT_SERVICE__CAPACITY__MAX_CPU_PERCENT", "1000000")
 
 
 @pytest.fixture(scope="session")

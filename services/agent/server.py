@@ -27,6 +27,7 @@ from services.agent.directory import (
     StaticDirectory,
 )
 from services.agent.events import CallEventSink, NullEventSink
+from services.agent.load import LoadMonitor
 from services.agent.metrics import AgentMetrics
 from services.agent.pipeline.errors import SessionError
 from services.agent.pipeline.session import CallSession
@@ -63,8 +64,11 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
         observer: SessionObserver | None = None,
         events: CallEventSink | None = None,
         recordings: RecordingWriter | None = None,
+        load: LoadMonitor | None = None,
     ) -> None:
         self._settings = settings.agent_service
+        # This process' load: a full process refuses new sessions so the caller goes elsewhere (load.py).
+        self._load = load
         # Records the calls whose agent asks for it (conversation.recording_enabled).
         self._recordings = recordings
         self._directory = directory
@@ -104,6 +108,17 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                 check_id(getattr(start, name), name)
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"start: {exc}")
+        if self._load is not None:
+            refusal = self._load.admit()
+            if refusal is not None:
+                # gRPC's retry pushback: clients with a retry policy wait this long; ours read it too.
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    refusal.details,
+                    (("grpc-retry-pushback-ms", str(refusal.retry_after_ms)),),
+                )
+            load = self._load
+            context.add_done_callback(lambda _: load.leave())  # type: ignore[arg-type]
         key = (start.tenant_id, start.call_id)
         if key in self._live:
             await context.abort(
@@ -229,6 +244,10 @@ def build_server(
         events = sink
     # Reads RECORDING_MASTER_KEY now: outside development/test the agent does not start without it.
     recordings = RecordingWriter(settings)
+    load = LoadMonitor(settings.agent_service.capacity, server.registry)
+    load.listeners.append(lambda saturated: server.set_serving(not saturated))
+    server.on_start.append(load.start)
+    server.on_stop.append(load.stop)
     servicer = AgentSessionServicer(
         settings,
         directory=directory,
@@ -237,6 +256,7 @@ def build_server(
         observer=observer,
         events=events,
         recordings=recordings,
+        load=load,
     )
     server.on_stop.append(servicer.admission.close)
     server.on_stop.append(recordings.close)

@@ -36,6 +36,9 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    # Several processes of one service may serve one port (services/shared/processes.py); gRPC's
+    # default on Linux, said explicitly because the multi-process services rely on it.
+    ("grpc.so_reuseport", 1),
 )
 
 
@@ -248,6 +251,8 @@ class GrpcServer:
         self._metrics_http: Any = None
         # Run after the last RPC finished (flush event backlogs, close client connections).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+        # Run inside the server's event loop once it serves (background samplers).
+        self.on_start: list[Callable[[], Awaitable[None]]] = []
         self.port = 0
         self.metrics_port = 0
 
@@ -289,6 +294,8 @@ class GrpcServer:
         await self.health.set("", serving)
         for full_name in names:
             await self.health.set(full_name, serving)
+        for hook in self.on_start:
+            await hook()
         if self._serve_metrics_http:
             self._metrics_http = serve_metrics(self.registry, self.settings.host, self.settings.metrics_port)
             self.metrics_port = self._metrics_http.server_port
@@ -297,6 +304,15 @@ class GrpcServer:
             "gRPC server started",
             extra={"data": {"address": self.address, "services": names, "metrics_port": self.metrics_port}},
         )
+
+    async def set_serving(self, serving: bool) -> None:
+        """grpc.health.v1 status of the server and each of its services: SERVING or NOT_SERVING (a
+        process refusing new work for load). Ignored once the server is stopping."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *(b.full_name for b in self.bindings)):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Reports NOT_SERVING first (load balancers drain), then lets in-flight RPCs finish."""

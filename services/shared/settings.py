@@ -209,9 +209,27 @@ class ResilienceSettings(BaseModel):
     llm_chain: list[Literal["primary", "fallback", "policy"]] = ["primary", "fallback", "policy"]
 
 
+class CapacitySettings(BaseModel):
+    """How many processes serve the port, and when one refuses new calls (services/agent/load.py)."""
+
+    # Processes serving grpc_port together (SO_REUSEPORT); 0 = one per CPU core. Process i > 0 serves
+    # /metrics on metrics_port + 1000 * i (an ephemeral port when metrics_port is 0).
+    processes: int = Field(0, ge=0)
+    # A process refuses new sessions (RESOURCE_EXHAUSTED) at this many active calls; 0 = no count limit.
+    max_active_calls: int = Field(0, ge=0)
+    # ... or when its event loop runs this late (p95 of the last second of timer ticks) ...
+    max_loop_lag_ms: float = Field(40.0, gt=0)
+    # ... or when the process used this much of one core over the last second.
+    max_cpu_percent: float = Field(90.0, gt=0)
+    # How often the loop-lag timer ticks, and the retry hint sent with a refusal.
+    sample_interval_ms: int = Field(100, ge=10)
+    retry_after_ms: int = Field(1000, ge=0)
+
+
 class AgentServiceSettings(ServerSettings):
     grpc_port: int = Field(50052, ge=0, le=65535)
     metrics_port: int = Field(9102, ge=0, le=65535)
+    capacity: CapacitySettings = CapacitySettings()
     stt: SttSettings = SttSettings()
     llm: LlmSettings = LlmSettings()
     tts: TtsClientSettings = TtsClientSettings()
