@@ -160,7 +160,9 @@ class AgentSessionServicer(agent_session_pb2_grpc.AgentSessionServiceServicer):
                     f"call {start.call_id!r} already has a session in progress",
                 )
             self._live.add(key)
-            if self._recordings is not None and agent.conversation.recording_enabled:
+            # Calls straight on Converse (a tenant's credential, counted here); the bridge records the
+            # phone calls it carries itself, so a bridged session is never recorded twice.
+            if self._recordings is not None and admission.counted and agent.conversation.recording_enabled:
                 session.recorder = self._recordings.start(
                     start.tenant_id, start.call_id, agent_rate=output_rate
                 )

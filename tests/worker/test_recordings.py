@@ -26,6 +26,7 @@ from services.shared.grpc_server import GrpcServer
 from services.shared.recordings.archive import RecordingArchive
 from services.shared.recordings.crypto import RecordingCryptoError
 from services.shared.recordings.store import ObjectMissingError, open_store
+from services.shared.service_identity import with_identity
 from services.shared.settings import RateLimitSettings, Settings, SettingsError, load_settings
 from services.softphone.caller import CallScript, ScriptedCaller
 from services.worker.records import call_record_id
@@ -87,7 +88,15 @@ async def test_a_recorded_call_is_encrypted_fetched_by_its_tenant_only_and_expir
     tenant, key, agent = recording_agent
     tts = TritonTextToSpeech(settings.agent_service.tts)
     try:
-        caller = ScriptedCaller(agent_server.address, tts, tenant_id=tenant, agent_id=agent.id)
+        # Straight on Converse as the tenant (its API key), not as the bridge.
+        caller = ScriptedCaller(
+            agent_server.address,
+            tts,
+            tenant_id=tenant,
+            agent_id=agent.id,
+            settings=with_identity(wsettings, "client"),
+            metadata=(("x-api-key", key),),
+        )
         record = await caller.call(CallScript(lines=["What are your opening hours?"]))
     finally:
         await tts.close()
