@@ -11,12 +11,22 @@ import uvloop
 from services.shared.deployment import check_deployment
 from services.shared.grpc_server import GrpcServer, run_until_signalled
 from services.shared.logging import configure_logging
+from services.shared.processes import Supervisor, is_child, process_count
 from services.shared.service_identity import with_identity
-from services.shared.settings import Settings, SettingsError, load_settings
+from services.shared.settings import ServerSettings, Settings, SettingsError, load_settings
 
 
-def run_service(name: str, build: Callable[[Settings], GrpcServer]) -> None:
-    """Runs the service `name`; exits with status 2 and the offending variables on bad settings."""
+def run_service(
+    name: str,
+    build: Callable[[Settings], GrpcServer],
+    *,
+    processes: Callable[[Settings], tuple[str, ServerSettings, int]] | None = None,
+) -> None:
+    """Runs the service `name`; exits with status 2 and the offending variables on bad settings.
+
+    With `processes` (settings -> (section's variable prefix, its server settings, configured count)),
+    a count other than 1 runs that many copies on one port under a supervisor (services/shared/
+    processes.py); each copy then runs here as a single process."""
     try:
         settings = load_settings()
         check_deployment(settings)
@@ -29,6 +39,20 @@ def run_service(name: str, build: Callable[[Settings], GrpcServer]) -> None:
     configure_logging(
         name, level=settings.log_level, fmt=settings.log_format, instance=settings.instance_id or None
     )
+    if processes is not None and not is_child():
+        section, server_settings, configured = processes(settings)
+        count = process_count(configured)
+        if count > 1:
+            supervisor = Supervisor(
+                f"services.{name}",
+                section,
+                count,
+                host=server_settings.host,
+                port=server_settings.grpc_port,
+                metrics_port=server_settings.metrics_port,
+            )
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                raise SystemExit(runner.run(supervisor.run()))
     server = build(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_until_signalled(server))
