@@ -88,7 +88,16 @@ async def test_a_recorded_call_is_encrypted_fetched_by_its_tenant_only_and_expir
     tenant, key, agent = recording_agent
     tts = TritonTextToSpeech(settings.agent_service.tts)
     try:
-        # Straight on Converse as the tenant (its API key), not as the bridge.
+        # A session the bridge started (the softphone presents the bridge's identity): the bridge
+        # records phone calls itself, so the agent does not.
+        bridged = await ScriptedCaller(
+            agent_server.address,
+            tts,
+            tenant_id=tenant,
+            agent_id=agent.id,
+            settings=with_identity(wsettings, "bridge"),
+        ).call(CallScript(lines=["Hello?"], hangup_after_s=0.2))
+        # Straight on Converse as the tenant (its API key).
         caller = ScriptedCaller(
             agent_server.address,
             tts,
@@ -100,7 +109,7 @@ async def test_a_recorded_call_is_encrypted_fetched_by_its_tenant_only_and_expir
         record = await caller.call(CallScript(lines=["What are your opening hours?"]))
     finally:
         await tts.close()
-    assert record.status == "OK"
+    assert record.status == "OK" and bridged.status == "OK"
     record_id = call_record_id(tenant, record.call_id)
 
     async def stored() -> bool:
@@ -110,6 +119,9 @@ async def test_a_recorded_call_is_encrypted_fetched_by_its_tenant_only_and_expir
     row = await cp.pool.fetchrow("SELECT * FROM recordings WHERE call_id = $1", record_id)
     assert row is not None
     assert str(row["tenant_id"]) == tenant and row["backend"] == "s3" and row["duration_seconds"] > 1
+    # The bridged session ended first; had it been recorded, its row would be there by now.
+    bridged_id = call_record_id(tenant, bridged.call_id)
+    assert await cp.pool.fetchval("SELECT count(*) FROM recordings WHERE call_id = $1", bridged_id) == 0
 
     # At rest: the versioned, encrypted format, not a WAV.
     store = open_store(wsettings)
