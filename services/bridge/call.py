@@ -437,6 +437,14 @@ class BridgeCall:
         await asyncio.sleep(0.1)  # the last packets leave the socket
         await self.end("agent_hangup" if reason in ("", "agent_hangup") else f"agent_hangup:{reason}"[:100])
 
+    async def playout_drained(self, within_s: float) -> None:
+        """Returns once the agent is not speaking and its audio has gone out (at most `within_s`)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline and not self.ended.is_set():
+            if not self._playout and self.agent_state != pb.AGENT_STATE_SPEAKING:
+                return
+            await asyncio.sleep(FRAME_S)
+
     def drop_agent(self, reason: str) -> None:
         """Closes the Converse stream (the agent leaves; the phone leg stays)."""
         self._to_agent.put_nowait(pb.ConverseRequest(hangup=pb.CallerHangup(reason=reason)))

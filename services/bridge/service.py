@@ -393,6 +393,8 @@ class Bridge:
             if not call.ended.is_set():
                 await call.move(CallState.CONVERSING)
             return
+        # Let the agent finish what it is saying ("I'm transferring you now") before the caller goes.
+        await call.playout_drained(8.0)
         call.relay_leg = target
         call.relay_to = media
         call.drop_agent("transferred")

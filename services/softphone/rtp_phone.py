@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import secrets
 import struct
 
@@ -43,6 +44,8 @@ class RtpPhone(asyncio.DatagramProtocol):
         self._ssrc = secrets.randbits(32)
         self._task: asyncio.Task[None] | None = None
         self.sent_speech_frames = 0
+        self._rng: random.Random | None = None  # network impairment (impair()), off by default
+        self._loss = self._jitter_ms = 0.0
         self._quiet = asyncio.Event()  # set while there is nothing left to say
         self._quiet.set()
 
@@ -72,6 +75,29 @@ class RtpPhone(asyncio.DatagramProtocol):
             self.received.append((packet.sequence, packet.payload))
             self.arrivals.append(asyncio.get_running_loop().time())
             self.first_packet.set()
+
+    def impair(self, loss: float, jitter_ms: float, seed: int = 7) -> None:
+        """Sends like a bad network would: drops `loss` of the packets and delays each by 0..jitter_ms
+        (so some arrive out of order). Deterministic for a given seed."""
+        self._rng = random.Random(seed)
+        self._loss, self._jitter_ms = loss, jitter_ms
+
+    def _send(self, packet: bytes, peer: Addr) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if self._rng is None:
+            transport.sendto(packet, peer)
+            return
+        if self._rng.random() < self._loss:
+            return
+        delay = self._rng.uniform(0, self._jitter_ms) / 1000
+
+        def late() -> None:
+            if not transport.is_closing():
+                transport.sendto(packet, peer)
+
+        asyncio.get_running_loop().call_later(delay, late)
 
     def say(self, pcm16_8k: bytes) -> None:
         self._speech += pcm16_8k
@@ -134,7 +160,7 @@ class RtpPhone(asyncio.DatagramProtocol):
                     else:
                         payload = audio_core.ulaw_encode(pcm)
                     packet = audio_core.build_rtp(self.payload_type, self._seq, self._ts, self._ssrc, payload)
-                self._transport.sendto(packet, self.peer)
+                self._send(packet, self.peer)
                 self._seq = (self._seq + 1) & 0xFFFF
                 # RTP clock: 8 kHz for G.711 and telephone-event, 48 kHz for Opus (RFC 7587).
                 self._ts = (self._ts + (960 if self.codec == "opus" else FRAME)) & 0xFFFFFFFF

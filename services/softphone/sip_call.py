@@ -87,6 +87,7 @@ class _Reception:
         self.greeting = greeting
         self.phone = RtpPhone()
         self.answered = asyncio.Event()
+        self.connected = asyncio.Event()  # the caller's audio is relayed to reception
         self.call: InboundCall | None = None
         self._print = on_event
 
@@ -108,6 +109,10 @@ class _Reception:
         if await call.wait_ack(5):
             self.answered.set()
             self._print("        reception: picks up")
+            # The bridge connects the caller once the agent has finished speaking: greet then.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.phone.first_packet.wait(), 15)
+            self.connected.set()
             self.phone.say(self.greeting)
 
 
@@ -211,8 +216,8 @@ async def _converse(
         if call.ended.done():
             return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(reception.answered.wait(), 20)
-    record.transferred = reception.answered.is_set()
+        await asyncio.wait_for(reception.connected.wait(), 30)
+    record.transferred = reception.connected.is_set()
     if record.transferred:
         await asyncio.sleep(3.0)  # reception's hello, relayed by the bridge
         say("caller: Hi Anna, thanks.")
