@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -31,6 +32,14 @@ METRICS_PORT_STRIDE = 1000
 # starting it again would fail the same way, so the whole service stops with its status.
 START_GRACE_S = 5.0
 RESTART_DELAY_S = 1.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervisor dies, even by SIGKILL, so that no copy is
+    left holding the port (Linux prctl; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def process_count(configured: int) -> int:
@@ -84,7 +93,9 @@ class Supervisor:
 
     async def _spawn(self, index: int, port: int) -> asyncio.subprocess.Process:
         env = child_environment(self._section, index, port, self._metrics_port, dict(os.environ))
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", self._module, env=env)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self._module, env=env, preexec_fn=_die_with_parent
+        )
         self._children[index] = proc
         return proc
 
