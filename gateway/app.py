@@ -132,7 +132,7 @@ class Gateway:
     async def startup(self) -> None:
         # The gateway is the gateway whatever process hosts it (its certificate lets it assert tenants).
         self._channel = open_channel(
-            self.settings, self.control_target, options=CHANNEL_OPTIONS, identity="gateway"
+            self.settings, self.control_target, options=CHANNEL_OPTIONS, identity="gateway", expect="control"
         )
         self._pool = await asyncpg.create_pool(
             self.settings.database_url, min_size=1, max_size=self.cfg.database_pool_size, command_timeout=10

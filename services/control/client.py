@@ -49,7 +49,7 @@ class AgentConfigClient:
     @classmethod
     def connect(cls, settings: Settings, **kwargs: float) -> AgentConfigClient:
         c = settings.control
-        channel = open_channel(settings, f"{c.host}:{c.grpc_port}")
+        channel = open_channel(settings, f"{c.host}:{c.grpc_port}", expect="control")
         client = cls(channel, internal_auth(settings), **kwargs)  # type: ignore[arg-type]
         client._channel = channel
         return client

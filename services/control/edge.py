@@ -36,7 +36,7 @@ class Edge:
         if self._stub is None:
             settings = self._settings_of()
             b = settings.webrtc_bridge
-            self._channel = open_channel(settings, f"{b.host}:{b.grpc_port}")
+            self._channel = open_channel(settings, f"{b.host}:{b.grpc_port}", expect="bridge")
             self._stub = call_control_pb2_grpc.CallControlServiceStub(self._channel)
         return self._stub
 

@@ -73,7 +73,9 @@ class VoiceServicer(voices_pb2_grpc.VoiceServiceServicer):
         """The TTS node's TtsService (channel opened on first use, inside the server's event loop)."""
         if self._tts is None:
             node = self._s.settings.chatterbox_service
-            channel = open_channel(self._s.settings, f"{node.host}:{node.grpc_port}", identity="control")
+            channel = open_channel(
+                self._s.settings, f"{node.host}:{node.grpc_port}", identity="control", expect="tts"
+            )
             self._tts = tts_pb2_grpc.TtsServiceStub(channel)
         return self._tts
 

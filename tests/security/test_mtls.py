@@ -124,3 +124,16 @@ def test_plaintext_is_explicit_and_never_in_production(settings: Settings) -> No
     with pytest.raises(SettingsError):
         plaintext(dev.model_copy(update={"environment": "production"}))
     assert with_identity(settings, "agent").internal_tls.identity == "agent"
+
+
+async def test_client_expecting_a_service_refuses_another_services_certificate(
+    settings: Settings, bridge: GrpcServer
+) -> None:
+    """A worker's (or any other service's) certificate cannot stand in for the bridge: a client that
+    expects the bridge checks the name in the server's certificate, not only the CA."""
+    async with open_channel(settings, bridge.address, identity="control", expect="bridge") as channel:
+        assert await dial(channel) != grpc.StatusCode.UNAVAILABLE
+    async with open_channel(settings, bridge.address, identity="control", expect="agent") as channel:
+        assert await dial(channel) == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(ValueError, match="unknown service"):
+        open_channel(settings, bridge.address, expect="stranger")
