@@ -82,8 +82,11 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every RPC and binds a log context (trace id from `x-trace-id` metadata). With
     mutual TLS, first refuses callers whose certificate identity may not call the method (service ACL)."""
 
-    def __init__(self, metrics: GrpcMetrics, server_identity: str | None) -> None:
+    def __init__(
+        self, metrics: GrpcMetrics, server_identity: str | None, max_unary_seconds: float = 300.0
+    ) -> None:
         self._metrics = metrics
+        self._max_unary_seconds = max_unary_seconds
         # None: a plaintext server (development), where no caller identity can be verified.
         self._server_identity = server_identity
 
@@ -112,6 +115,7 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
         authorize = self._authorize
         full_method = handler_call_details.method
+        max_unary = self._max_unary_seconds
 
         def finish(context: Context, started: float, error: BaseException | None) -> None:
             code = context.code()
@@ -135,7 +139,18 @@ class _ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     with log_context(trace_id=trace_id):
                         await authorize(context, full_method)
-                        return await behavior(request, context)
+                        limit = asyncio.timeout(max_unary)
+                        try:
+                            async with limit:
+                                return await behavior(request, context)
+                        except TimeoutError:
+                            if not limit.expired():
+                                raise  # the handler's own timeout, not this limit
+                            error = TimeoutError()
+                            await context.abort(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"{full_method} ran past this server's limit of {max_unary:g} s per request",
+                            )
                 except DecodeError as exc:
                     error = exc
                     await context.abort(
@@ -264,7 +279,11 @@ class GrpcServer:
         platform = self.platform or load_settings()
         secure = not plaintext(platform)
         server = grpc.aio.server(
-            interceptors=[_ObservabilityInterceptor(self.metrics, self.identity if secure else None)],
+            interceptors=[
+                _ObservabilityInterceptor(
+                    self.metrics, self.identity if secure else None, self.settings.max_unary_seconds
+                )
+            ],
             options=SERVER_OPTIONS,
         )
         for binding in self.bindings:

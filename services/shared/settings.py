@@ -23,6 +23,9 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     grpc_port: int = Field(ge=0, le=65535)
     metrics_port: int = Field(ge=0, le=65535)
+    # Longest a unary RPC may run, whatever deadline (grpc-timeout) the caller sent: a client cannot
+    # make the server hold a handler for hours. Streams (calls) are bounded by their own limits.
+    max_unary_seconds: float = Field(300.0, gt=0)
 
 
 class CorsSettings(BaseModel):
