@@ -398,7 +398,8 @@ class BridgeCall:
                 await self.move(CallState.ERROR)
             await self.end("agent_error")
             return
-        if self.relay_to is None and not self.ended.is_set():
+        # After a transfer or a merge the phone leg outlives the agent: its stream ending ends nothing.
+        if self.relay_to is None and self.merged_into is None and not self.ended.is_set():
             await self.end("agent_hangup")
 
     async def _on_response(self, response: pb.ConverseResponse) -> None:

@@ -418,3 +418,57 @@ async def test_caller_understood_through_loss_and_jitter(env: SipEnv, tts: Trito
     assert call.media is not None and call.media.inbound is not None
     stats = call.media.inbound.stats()
     assert stats["lost"] > 0 and stats["concealed"] > 0, stats  # the impairment really happened
+
+
+async def test_merge_joins_a_second_caller_into_the_call(env: SipEnv) -> None:
+    """Merge: the second call's caller joins the first call (mixed in the bridge); its agent leaves and
+    its record ends as merged; when the first caller hangs up the bridge hangs up the second."""
+    t = await env.tenant()
+    channel = open_channel(env.cp.settings, env.rpc.address, identity="control")
+    stub = call_control_pb2_grpc.CallControlServiceStub(channel)
+    try:
+        async with phone() as host_phone, phone() as guest_phone:
+            host_sipp = await run_sipp(
+                env,
+                "uac_caller_hangs_up",
+                "-set",
+                "rtp",
+                str(host_phone.port),
+                "-d",
+                "9000",
+                service=t.number,
+            )
+            await asyncio.wait_for(host_phone.first_packet.wait(), 20)
+            host = env.calls[-1]
+            guest_sipp = await run_sipp(
+                env, "uac_bridge_hangs_up", "-set", "rtp", str(guest_phone.port), service=t.number
+            )
+            await asyncio.wait_for(guest_phone.first_packet.wait(), 20)
+            guest = env.calls[-1]
+            await wait_for(
+                lambda: host.state == CallState.CONVERSING and guest.state == CallState.CONVERSING,
+                20,
+                "agents",
+            )
+            merged = await stub.Merge(
+                call_control_pb2.MergeRequest(call_id=host.call_id, other_call_id=guest.call_id)
+            )
+            assert merged.leg.call_id == host.call_id
+            with pytest.raises(grpc.aio.AioRpcError) as again:
+                await stub.Merge(
+                    call_control_pb2.MergeRequest(call_id=host.call_id, other_call_id=guest.call_id)
+                )
+            assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            heard_before = len(guest_phone.received)
+            host_phone.say(b"\x10\x27" * 8000)  # one second of the host caller (a loud DC step)
+            code, log = await host_sipp.wait(40)
+            assert code == 0, log[-3000:]
+            code, log = await guest_sipp.wait(20)
+            assert code == 0, log[-3000:]
+            assert len(guest_phone.received) > heard_before + 100  # the merged call kept sending to it
+    finally:
+        await channel.close()
+    await wait_for(lambda: host.done.is_set() and guest.done.is_set(), 10, "both calls to end")
+    assert guest.end_reason == "merged" and host.end_reason == "caller_hangup"
+    assert env.events.of(guest.call_id)[-1] == "call_ended"
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
