@@ -33,6 +33,7 @@ from services.bridge.state import PUBLIC_STATUS, CallState, CallStateMachine, Il
 from services.bridge.store import CallStore
 from services.shared.call_slots import CallSlots
 from services.shared.events import call_event_id, new_event
+from services.shared.recordings.writer import CallRecorder, RecordingWriter
 from services.shared.settings import BridgeTimeoutSettings
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, common_pb2, events_pb2, media_pb2
@@ -83,6 +84,10 @@ class CallDeps:
     instance: str
     # (call, request, announce): announce = publish call.transfer_requested (not when the agent asked).
     transfer: Callable[[BridgeCall, pb.TransferRequest, bool], Awaitable[None]]
+    # Records the phone calls whose agent asks for it (None: this process records nothing).
+    recordings: RecordingWriter | None = None
+    # Whether an agent records its calls: (tenant_id, agent_id) -> conversation.recording_enabled.
+    records_calls: Callable[[str, str], Awaitable[bool]] | None = None
     # Record the bridge's own added latency per frame (benchmarks): inbound = audio waiting in the jitter
     # buffer and resampler when a frame goes to Converse; outbound = time an agent frame waits for its tick.
     probe: bool = False
@@ -108,6 +113,7 @@ class BridgeCall:
         self.relay_leg: SipCall | None = None
         self.dialing: OutboundCall | None = None  # an outbound INVITE not answered yet
         self.merged: BridgeCall | None = None  # a call whose caller was merged into this one
+        self.recorder: CallRecorder | None = None  # both sides as the phone hears them
         self.merged_into: BridgeCall | None = None
         # Our SDP for this leg with a given direction (set by the leg once the media is negotiated).
         self.offer_sdp: Callable[[str], bytes] | None = None
@@ -191,10 +197,26 @@ class BridgeCall:
         connected.answer_time.FromDatetime(self.answered_at)
         self.emit(call_connected=connected)
         leg.on_info = self._on_sip_info
+        await self._start_recording()
         media_loop = self._spawn(self._media_loop())
         self._converse_task = self._spawn(self._converse_loop())
         self._spawn(self._keep_alive())
         del media_loop
+
+    async def _start_recording(self) -> None:
+        deps = self.deps
+        if deps.recordings is None or deps.records_calls is None:
+            return
+        try:
+            wanted = await deps.records_calls(self.info.tenant_id, self.info.agent_id)
+        except Exception:
+            deps.errors.labels("bridge", "recording").inc()
+            log.exception(
+                "recording setting unavailable: call not recorded", extra={"data": {"call_id": self.call_id}}
+            )
+            return
+        if wanted:
+            self.recorder = deps.recordings.start(self.info.tenant_id, self.call_id, agent_rate=AGENT_RATE)
 
     def set_dialing(self, leg: OutboundCall) -> None:
         self.dialing = leg
@@ -272,8 +294,13 @@ class BridgeCall:
                 media.send_frame(audio_core.mix(agent, guest))
                 other.send_frame(audio_core.mix(agent, caller))
             else:
-                self._to_agent_frame(silence[: len(caller)] if self.on_hold else caller)
-                media.send_frame(self._next_playout(silence))
+                heard = silence[: len(caller)] if self.on_hold else caller
+                self._to_agent_frame(heard)
+                played = self._next_playout(silence)
+                media.send_frame(played)
+                if self.recorder is not None:
+                    self.recorder.caller(heard, PIPELINE_RATE)
+                    self.recorder.agent(played)
                 if self.deps.probe and media.inbound is not None:
                     leg = media.inbound
                     self.probe_in_ms.append(leg.stats()["playout_delay_ms"] + leg.resampler_delay_ms)
@@ -541,6 +568,9 @@ class BridgeCall:
                     await leg.hangup(reason)
         if self.media is not None:
             self.media.close()
+        if self.recorder is not None and self.deps.recordings is not None:
+            self.deps.recordings.finish_later(self.recorder)  # stored off the call; never fails it
+            self.recorder = None
         if self.relay_to is not None:
             self.relay_to.close()
         if self.merged is not None:

@@ -70,7 +70,7 @@ class CallControlServicer(call_control_pb2_grpc.CallControlServiceServicer):
         except ValueError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         for name, number in (("from_number", request.from_number), ("to_number", request.to_number)):
-            if not _E164.match(number):
+            if not _E164.fullmatch(number):
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be E.164")
         if len(request.context) > 50 or any(len(k) > 64 or len(v) > 1024 for k, v in request.context.items()):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "context: at most 50 short entries")

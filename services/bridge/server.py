@@ -15,6 +15,7 @@ from services.shared.db import create_pool
 from services.shared.events_publisher import EventPublisher
 from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer, bind
+from services.shared.recordings.writer import RecordingWriter
 from services.shared.settings import Settings
 from voice.v1 import agent_session_pb2_grpc, call_control_pb2, call_control_pb2_grpc
 
@@ -40,8 +41,12 @@ class BridgeServer(GrpcServer):
         redis = aioredis.Redis.from_url(settings.redis_url)
         pool = await create_pool(settings)
         agent = settings.agent_service
-        channel = open_channel(settings, f"{agent.host}:{agent.grpc_port}")
+        # The bridge is the bridge whatever process hosts it (its identity is what Converse admits), and
+        # it only talks to a server that proves it is the agent service.
+        channel = open_channel(settings, f"{agent.host}:{agent.grpc_port}", identity="bridge", expect="agent")
         events = EventPublisher(settings, instance, registry=self.registry)
+        # Phone calls are recorded here, where their audio passes (reads the master key: fails early).
+        recordings = RecordingWriter(settings)
         bridge = Bridge(
             settings,
             redis=redis,
@@ -50,6 +55,7 @@ class BridgeServer(GrpcServer):
             events=events,
             registry=self.registry,
             instance=instance,
+            recordings=recordings,
         )
         servicer = CallControlServicer(bridge)
         self.bindings = (bind(call_control_pb2, call_control_pb2_grpc, "CallControlService", servicer),)
@@ -57,6 +63,7 @@ class BridgeServer(GrpcServer):
 
         async def cleanup() -> None:
             await bridge.close()
+            await recordings.close()
             await events.close()
             await channel.close()
             await pool.close()

@@ -36,8 +36,9 @@ from services.bridge.sip.sdp import (
 from services.bridge.sip.ua import InboundCall, OutboundCall, SipCall, UserAgent
 from services.bridge.state import CallState
 from services.bridge.store import CallStore
-from services.control.routing import NumberRoutes
+from services.control.routing import NumberRoutes, agent_records_calls
 from services.shared.call_slots import CallSlots
+from services.shared.recordings.writer import RecordingWriter
 from services.shared.settings import Settings
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, events_pb2
@@ -83,6 +84,7 @@ class Bridge:
         events: EventSink,
         registry: CollectorRegistry,
         instance: str = "bridge",
+        recordings: RecordingWriter | None = None,
     ) -> None:
         self.settings = settings
         self.sip_settings = settings.webrtc_bridge.sip
@@ -102,6 +104,8 @@ class Bridge:
             errors=self.metrics.errors,
             instance=instance,
             transfer=self.transfer,
+            recordings=recordings,
+            records_calls=lambda tenant_id, agent_id: agent_records_calls(pool, tenant_id, agent_id),
         )
         self.ua = UserAgent(self.sip_settings.host, self._on_invite)
         self.on_call: Callable[[BridgeCall], None] | None = None  # tests and the demo observe calls

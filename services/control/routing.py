@@ -70,3 +70,15 @@ class NumberRoutes:
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
         return route
+
+
+_RECORDING_QUERY = """
+SELECT COALESCE((settings->'conversation'->>'recordingEnabled')::boolean, false) AS recording
+  FROM agents WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+"""
+
+
+async def agent_records_calls(pool: asyncpg.Pool, tenant_id: str, agent_id: str) -> bool:
+    """Whether the agent's settings ask for its calls to be recorded (conversation.recording_enabled)."""
+    row = await pool.fetchrow(_RECORDING_QUERY, agent_id, tenant_id)
+    return bool(row is not None and row["recording"])

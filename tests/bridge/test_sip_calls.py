@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import re
+import socket
 import uuid
+import wave
 from collections.abc import AsyncIterator
+from urllib.parse import urlparse
 
 import grpc
+import numpy as np
 import pytest
 
 import audio_core
@@ -26,6 +31,8 @@ from services.bridge.state import CallState
 from services.control.auth import Permission
 from services.shared.call_slots import active_calls_key
 from services.shared.grpc_channels import open_channel
+from services.shared.recordings.archive import RecordingArchive
+from services.shared.recordings.writer import RecordingWriter, call_record_id
 from services.shared.settings import Settings
 from services.softphone.rtp_phone import RATE, RtpPhone
 from tests.bridge.env import SCENARIOS, SipEnv, SippRun, Tenant, free_udp_port, run_sipp, sip_env
@@ -472,3 +479,53 @@ async def test_merge_joins_a_second_caller_into_the_call(env: SipEnv) -> None:
     assert guest.end_reason == "merged" and host.end_reason == "caller_hangup"
     assert env.events.of(guest.call_id)[-1] == "call_ended"
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_a_phone_call_is_recorded_by_the_bridge_when_its_agent_asks(
+    env: SipEnv, tts: TritonTextToSpeech, settings: Settings
+) -> None:
+    """The bridge carries a phone call's audio, so it records it: an encrypted stereo WAV (caller left,
+    agent right) under the call record's id, for an agent with conversation.recording_enabled only."""
+    url = urlparse(settings.recordings.s3_endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 80), timeout=2).close()
+    except OSError:
+        pytest.fail(f"no S3 server at {settings.recordings.s3_endpoint}: run `make services`")
+    t = await env.tenant()
+    async with env.cp.pool.acquire() as conn:  # the tenant's agent configuration, as an API edit sets it
+        await conn.execute(
+            "UPDATE agents SET settings = $2::jsonb WHERE id = $1",
+            uuid.UUID(t.agent_id),
+            '{"conversation": {"recordingEnabled": true}}',
+        )
+    writer = RecordingWriter(env.cp.settings)
+    env.bridge.deps.recordings = writer
+    try:
+        question = await speech_8k(tts, QUESTION)
+        async with phone() as p:
+            sipp = await run_sipp(env, "uac_bridge_hangs_up", "-set", "rtp", str(p.port), service=t.number)
+            await wait_for(lambda: env.calls, 20, "the call to reach the bridge")
+            call = env.calls[-1]
+            await asyncio.wait_for(p.first_packet.wait(), 20)
+            await silence_after_speech(p)
+            p.say(question)
+            await wait_for(lambda: not p.speaking, 20, "the question to be said")
+            await silence_after_speech(p, within_s=60)
+            await call.end("test_done")
+            await sipp.wait(30)
+        await wait_for(call.done.is_set, 10, "the call to end")
+    finally:
+        env.bridge.deps.recordings = None
+        await writer.close()  # waits for the recording to be stored
+    archive = RecordingArchive(env.cp.settings)
+    try:
+        wav = await archive.fetch(
+            env.cp.pool, uuid.UUID(t.tenant_id), call_record_id(t.tenant_id, call.call_id)
+        )
+    finally:
+        await archive.close()
+    with wave.open(io.BytesIO(wav)) as w:
+        assert w.getnchannels() == 2 and w.getsampwidth() == 2
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    caller_rms, agent_rms = (float(np.sqrt(np.mean(frames[:, i].astype(np.float64) ** 2))) for i in (0, 1))
+    assert caller_rms > 100 and agent_rms > 100, (caller_rms, agent_rms)  # both sides are in it
