@@ -111,6 +111,13 @@ class BridgeSettings(ServerSettings):
     metrics_port: int = Field(9101, ge=0, le=65535)
     gotoconnect_api_base_url: str = "https://api.goto.com"
     gotoconnect_websocket_url: str = "wss://realtime.goto.com"
+    # Separate connections to the agent: its processes share one port (SO_REUSEPORT), which spreads
+    # connections, not calls; each call takes the next connection.
+    agent_connections: int = Field(4, ge=1, le=64)
+    # Tries per call when an agent process refuses it (RESOURCE_EXHAUSTED), each on the next connection
+    # after the server's grpc-retry-pushback-ms hint, capped at agent_max_pushback_ms.
+    agent_attempts: int = Field(3, ge=1, le=10)
+    agent_max_pushback_ms: float = Field(2000.0, ge=0.0, le=30000.0)
     audio: BridgeAudioSettings = BridgeAudioSettings()
     timeouts: BridgeTimeoutSettings = BridgeTimeoutSettings()
     sip: SipSettings = SipSettings()
