@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 import audio_core
+from services.bridge.agent_pool import AgentAtCapacity, AgentPool
 from services.bridge.media import PIPELINE_RATE, RtpSession
 from services.bridge.sip.message import SipMessage
 from services.bridge.sip.ua import OutboundCall, SipCall
@@ -123,6 +124,7 @@ class BridgeCall:
         self._converse: grpc.aio.StreamStreamCall[pb.ConverseRequest, pb.ConverseResponse] | None = None
         self._seq = 0
         self._converse_task: asyncio.Task[None] | None = None
+        self._stream_token: object | None = None  # the live Converse attempt's request stream
         self._recorded = False
         self.underruns = 0
         self.probe_in_ms: list[float] = []
@@ -398,21 +400,43 @@ class BridgeCall:
                 output_format=fmt_out,
             )
         )
+        token = object()
+        self._stream_token = token
         while True:
             request = await self._to_agent.get()
+            if self._stream_token is not token:
+                # A refused attempt's stream woke up after the next one started: the item is the live one's.
+                self._to_agent.put_nowait(request)
+                return
             if request is None:
                 return
             yield request
 
+    def _set_converse(self, call: grpc.aio.StreamStreamCall[pb.ConverseRequest, pb.ConverseResponse]) -> None:
+        self._converse = call
+
     async def _converse_loop(self) -> None:
-        self._converse = self.deps.agent_stub.Converse(self._requests())
-        joined = False
+        # A pool spreads calls over the agent's processes and tries another connection when one refuses.
+        pool = AgentPool.of(self.deps.agent_stub)
         try:
-            async for response in self._converse:
-                if not joined:
-                    joined = True
-                    await self.move(CallState.CONVERSING)
-                await self._on_response(response)
+            admitted = await pool.converse(self._requests, self._set_converse)
+            if admitted.first is not None:
+                await self.move(CallState.CONVERSING)
+                await self._on_response(admitted.first)
+                async for response in admitted.responses:
+                    await self._on_response(response)
+        except AgentAtCapacity as exc:
+            if self.ended.is_set():
+                return
+            log.warning(
+                "no agent process took the call",
+                extra={"data": {"call_id": self.call_id, "attempts": exc.attempts, "details": exc.details}},
+            )
+            self.deps.errors.labels("bridge", "agent_capacity").inc()
+            if self.sm.can(CallState.ERROR):
+                await self.move(CallState.ERROR)
+            await self.end("agent_at_capacity")
+            return
         except grpc.aio.AioRpcError as exc:
             if self.ended.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
                 return

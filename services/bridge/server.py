@@ -6,14 +6,15 @@ the shared EventPublisher, and the routing data comes from the control plane's t
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import redis.asyncio as aioredis
 
+from services.bridge.agent_pool import AgentPool
 from services.bridge.control import CallControlServicer
 from services.bridge.service import Bridge
 from services.shared.db import create_pool
 from services.shared.events_publisher import EventPublisher
-from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer, bind
 from services.shared.recordings.writer import RecordingWriter
 from services.shared.settings import Settings
@@ -43,7 +44,8 @@ class BridgeServer(GrpcServer):
         agent = settings.agent_service
         # The bridge is the bridge whatever process hosts it (its identity is what Converse admits), and
         # it only talks to a server that proves it is the agent service.
-        channel = open_channel(settings, f"{agent.host}:{agent.grpc_port}", identity="bridge", expect="agent")
+        # Several connections: the agent's processes share its port, and the kernel spreads connections.
+        agents = AgentPool.connect(settings, f"{agent.host}:{agent.grpc_port}")
         events = EventPublisher(settings, instance, registry=self.registry)
         # Phone calls are recorded here, where their audio passes (reads the master key: fails early).
         recordings = RecordingWriter(settings)
@@ -51,7 +53,7 @@ class BridgeServer(GrpcServer):
             settings,
             redis=redis,
             pool=pool,
-            agent_stub=agent_session_pb2_grpc.AgentSessionServiceStub(channel),
+            agent_stub=cast("agent_session_pb2_grpc.AgentSessionServiceAsyncStub", agents),
             events=events,
             registry=self.registry,
             instance=instance,
@@ -65,7 +67,7 @@ class BridgeServer(GrpcServer):
             await bridge.close()
             await recordings.close()
             await events.close()
-            await channel.close()
+            await agents.close()
             await pool.close()
             await redis.aclose()
 
