@@ -17,6 +17,8 @@ NATS_PORT=${VOICE_NATS_PORT:-14222}
 NATS_MON_PORT=${VOICE_NATS_MONITOR_PORT:-18222}
 S3_PORT=${VOICE_S3_PORT:-19000}
 VERSITYGW_VERSION=v1.8.0
+# The Go toolchain's usual home, for shells whose PATH lacks it.
+[ -x /usr/local/go/bin/go ] && PATH="$PATH:/usr/local/go/bin"
 GOBIN_DIR=$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin
 VENV=${VENV:-.venv}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -74,7 +76,8 @@ redis_up() {
 nats_up() {
   if port_open 127.0.0.1 "$NATS_PORT"; then return; fi
   mkdir -p "$VAR/nats"
-  nohup "$VENV/bin/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$VAR/nats/jetstream" \
+  # setsid: its own session, so the shell that started it can be torn down without taking it along.
+  setsid nohup "$VENV/bin/nats-server" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -sd "$VAR/nats/jetstream" \
     -P "$VAR/nats/nats.pid" -l "$VAR/nats/nats.log" >/dev/null 2>&1 &
   wait_port 127.0.0.1 "$NATS_PORT" 15 nats-server
 }
@@ -89,7 +92,7 @@ s3_up() {
     go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
   fi
   mkdir -p "$VAR/s3/data"
-  ROOT_ACCESS_KEY_ID=voice-local ROOT_SECRET_ACCESS_KEY=voice-local-secret nohup "$GOBIN_DIR/versitygw" \
+  ROOT_ACCESS_KEY_ID=voice-local ROOT_SECRET_ACCESS_KEY=voice-local-secret setsid nohup "$GOBIN_DIR/versitygw" \
     --port "127.0.0.1:$S3_PORT" --quiet posix "$VAR/s3/data" >"$VAR/s3/versitygw.log" 2>&1 &
   echo $! >"$VAR/s3/versitygw.pid"
   wait_port 127.0.0.1 "$S3_PORT" 15 versitygw
