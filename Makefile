@@ -103,8 +103,9 @@ fuzz: setup ## cargo-fuzz each audio_core target for FUZZ_SECONDS (nightly; not 
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
 
-bench-agent: services ## agent service cost per call with fixed-latency providers; prints one JSON object
-	@$(PY) -m benchmarks.agent.bench
+bench-agent: services ## agent cost per call (fixed-latency providers) and what callers hear (e2e, frame gaps, RSS, loop lag); JSON
+	@bash scripts/tts.sh triton-up >&2
+	@ENVIRONMENT=$${ENVIRONMENT:-development} $(PY) -m benchmarks.agent.bench
 
 bench-bridge: services ## bridge added latency per direction, CPU per SIP call (G.711/Opus), max calls; JSON
 	@$(PY) -m services.control.migrate >&2
