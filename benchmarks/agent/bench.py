@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import re
@@ -29,9 +30,10 @@ from typing import Any
 
 import psutil
 
+from benchmarks.agent import caller_measured as cm
 from services.launcher import wait_serving
 
-LEVELS = (10, 25, 50, 100, 150, 200)
+LEVELS = (10, 25, 50, 100, 150)
 
 
 def log(message: str) -> None:
@@ -76,7 +78,105 @@ async def load(target: str, *extra: str, caller: str = "tone") -> dict[str, Any]
     return result
 
 
-async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict[str, Any]:
+async def load_spread(
+    target: str, calls: int, procs: int, *extra: str, caller: str = "tone"
+) -> dict[str, Any]:
+    """`calls` calls from `procs` load-generator processes at once (so the callers' own event loops are
+    not what is measured), merged."""
+    procs = max(1, min(procs, calls))
+    shares = [calls // procs + (i < calls % procs) for i in range(procs)]
+    parts = await asyncio.gather(*(load(target, "--calls", str(n), *extra, caller=caller) for n in shares))
+    merged: dict[str, Any] = {"errors": sorted({e for p in parts for e in p["errors"]})[:5]}
+    for key, value in parts[0].items():
+        if isinstance(value, (int, float)) and key != "errors":
+            merged[key] = sum(p[key] for p in parts)
+        elif isinstance(value, list) and key != "errors":
+            merged[key] = [v for p in parts for v in p[key]]
+    return merged
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def caller_measured(
+    target: str, metrics_port: int, proc: psutil.Process, level: int, procs: int
+) -> dict[str, Any]:
+    """Idle (one call) and loaded (`level` concurrent calls) as the callers hear it."""
+    log("caller-measured: idle (1 call, 3 turns)")
+    idle = await load(target, "--calls", "1", "--turns", "3", "--stagger", "0")
+    log(f"caller-measured: {level} concurrent calls, 2 turns, from {procs} load processes")
+    rss_before = proc.memory_info().rss / 2**20
+    before = metrics_text(metrics_port)
+    cpu_before = sum(proc.cpu_times()[:2])
+    peak = rss_before
+    task = asyncio.ensure_future(load_spread(target, level, procs, "--turns", "2"))
+    while not task.done():
+        peak = max(peak, proc.memory_info().rss / 2**20)
+        await asyncio.wait({task}, timeout=0.25)
+    loaded = task.result()
+    cpu = sum(proc.cpu_times()[:2]) - cpu_before
+    after = metrics_text(metrics_port)
+    gaps = loaded["frame_gaps_ms"]
+    call_minutes = max(loaded["call_seconds"], 1e-9) / 60
+    lag = cm.histogram_quantile(after, "agent_event_loop_lag_seconds", 0.99, before)
+    return {
+        "caller_e2e_ms": {
+            "idle_p50": round(percentile(idle["caller_e2e_ms"], 0.5), 1),
+            "idle_p95": round(percentile(idle["caller_e2e_ms"], 0.95), 1),
+            "load_p50": round(percentile(loaded["caller_e2e_ms"], 0.5), 1),
+            "load_p95": round(percentile(loaded["caller_e2e_ms"], 0.95), 1),
+            "load_level": level,
+        },
+        "frame_gap_ms_p99": round(percentile(gaps, 0.99), 1),
+        "late_frames_per_call_minute": round(sum(g > cm.LATE_GAP_MS for g in gaps) / call_minutes, 2),
+        "rss_mb_per_call": round((peak - rss_before) / level, 2),
+        "loop_lag_ms_p99": None if math.isnan(lag) else round(lag * 1000, 1),
+        "server_vs_caller_ms_p50": round(percentile(loaded["server_vs_caller_ms"], 0.5), 1),
+        "caller_measured_calls_ok": loaded["ok"],
+        "caller_measured_turns": len(loaded["caller_e2e_ms"]),
+        "cpu_percent_per_call_caller_level": round(100 * cpu / max(loaded["call_seconds"], 1e-9), 3),
+    }
+
+
+async def silero_cpu(level: int, procs: int) -> float | None:
+    """Agent CPU per call in % of a core with Silero VAD (callers speak with the Triton TTS voice)."""
+    port, metrics_port = free_port(), free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.agent.server", "--port", str(port),
+        "--metrics-port", str(metrics_port), "--vad", "silero",
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    proc = psutil.Process(server.pid)
+    try:
+        await wait_serving(target, 60, server)
+        log(f"silero: {level} calls, 2 turns, Triton TTS voices")
+        cpu_before = sum(proc.cpu_times()[:2])
+        result = await load_spread(target, level, procs, "--turns", "2", caller="tts")
+        cpu = sum(proc.cpu_times()[:2]) - cpu_before
+        if result["ok"] < level:
+            log(f"silero: only {result['ok']} of {level} calls ok: {result['errors']}")
+            return None
+        return round(100 * cpu / max(float(result["call_seconds"]), 1e-9), 3)  # type: ignore[no-any-return]
+    except Exception as exc:  # the key is optional (Triton may be down): say why
+        log(f"silero run skipped: {exc}")
+        return None
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def main(
+    levels: tuple[int, ...],
+    churn: int,
+    vad: str = "energy",
+    *,
+    caller_level: int = 25,
+    load_procs: int = 2,
+    silero_level: int = 10,
+) -> dict[str, Any]:
     port, metrics_port = free_port(), free_port()
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -108,6 +208,11 @@ async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict
             rss.append(proc.memory_info().rss / 2**20)
         rss_growth = (rss[3] - rss[1]) / 2 * 1000 / churn
 
+        heard: dict[str, Any] = (
+            await caller_measured(target, metrics_port, proc, caller_level, load_procs)
+            if caller_level
+            else {}
+        )
         per_level = []
         for n in levels:
             cpu_before = sum(proc.cpu_times()[:2])
@@ -143,10 +248,14 @@ async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict
     reference = clean[-1] if clean else per_level[0]
     all_overheads = [lv["overhead_ms_p50"] for lv in clean]
     cpu_per_call = reference["cpu_percent_per_call"]
+    silero = await silero_cpu(silero_level, load_procs) if silero_level and vad == "energy" else None
     return {
+        **heard,
         "overhead_ms": {"p50": reference["overhead_ms_p50"], "p99": reference["overhead_ms_p99"]},
         "underruns": per_level[-1]["underruns"],
-        "cpu_percent_per_call": cpu_per_call,
+        "cpu_percent_per_call": {vad + "_vad": cpu_per_call, "silero": silero}
+        if vad == "energy"
+        else {"silero": cpu_per_call},
         "calls_per_core": round(100 / cpu_per_call, 1) if cpu_per_call else None,
         "max_sessions_no_underrun": clean[-1]["sessions"] if clean else 0,
         "rss_growth_mb_per_1000_sessions": round(rss_growth, 2),
@@ -168,7 +277,12 @@ async def main(levels: tuple[int, ...], churn: int, vad: str = "energy") -> dict
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
-    parser.add_argument("--churn", type=int, default=1000)
+    parser.add_argument("--churn", type=int, default=400)
+    parser.add_argument(
+        "--caller-level", type=int, default=25, help="concurrent calls of the caller-measured load (0: skip)"
+    )
+    parser.add_argument("--load-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--silero-level", type=int, default=10, help="calls of the Silero CPU run (0: skip)")
     parser.add_argument(
         "--vad",
         choices=["energy", "silero"],
@@ -177,7 +291,15 @@ def cli() -> None:
     )
     args = parser.parse_args()
     levels = tuple(int(x) for x in args.levels.split(","))
-    print(json.dumps(asyncio.run(main(levels, args.churn, args.vad))))
+    result = main(
+        levels,
+        args.churn,
+        args.vad,
+        caller_level=args.caller_level,
+        load_procs=args.load_procs,
+        silero_level=args.silero_level,
+    )
+    print(json.dumps(asyncio.run(result)))
 
 
 if __name__ == "__main__":

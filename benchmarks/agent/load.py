@@ -14,6 +14,7 @@ import time
 
 import uvloop
 
+from benchmarks.agent import caller_measured as cm
 from benchmarks.agent.fixed_providers import ToneCaller
 from services.agent.demo_agent import DEMO_AGENT_ID, DEMO_TENANT_ID
 from services.agent.ports import TextToSpeech
@@ -58,6 +59,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "overhead_ms": [o for r in records for o in overhead_ms(r)],
         "answered_turns": sum(len(r.latencies) for r in records),
         "frames_received": sum(r.frames_received for r in records),
+        # Measured here, at the caller, from arrival times (benchmarks/agent/caller_measured.py).
+        "caller_e2e_ms": [round(v, 2) for r in records for v in cm.caller_e2e_ms(r)],
+        "frame_gaps_ms": [round(v, 2) for r in records for v in cm.frame_gaps_ms(r)],
+        "server_vs_caller_ms": [round(v, 2) for r in records for v in cm.server_vs_caller_ms(r)],
     }
 
 
