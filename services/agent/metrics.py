@@ -19,6 +19,7 @@ class AgentMetrics:
     calls_active: Gauge
     calls_total: Counter
     barge_ins: Counter
+    false_interruptions: Counter
     underruns: Counter
     errors: Counter
     breaker_state: Gauge
@@ -67,6 +68,12 @@ class AgentMetrics:
             ),
             barge_ins=Counter(
                 "barge_ins_total", "Agent replies interrupted by the caller", ["tenant"], registry=registry
+            ),
+            false_interruptions=Counter(
+                "false_interruptions_total",
+                "Agent replies paused for caller sound that was noise or a backchannel, then resumed",
+                ["tenant"],
+                registry=registry,
             ),
             underruns=Counter(
                 "playout_underruns_total",

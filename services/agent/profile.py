@@ -51,6 +51,8 @@ class TurnTaking:
     # ... or this long when the words so far end like an unfinished number or spelling.
     unfinished_grace_ms: int
     barge_in_min_speech_ms: int
+    # Voiced audio from the VAD onset that pauses the agent's playout (0: never pause, clear only).
+    barge_in_pause_ms: int
     # An interruption with no words recognised within this time was noise: re-offer the reply.
     false_interruption_ms: int
     idle_prompt_s: float
@@ -90,6 +92,7 @@ def build_profile(agent: agents_pb2.Agent, defaults: AgentServiceSettings) -> Ag
         grace_ms=defaults.turn_taking.grace_ms,
         unfinished_grace_ms=defaults.turn_taking.unfinished_grace_ms,
         barge_in_min_speech_ms=conv.barge_in_min_speech_ms or defaults.turn_taking.barge_in_min_speech_ms,
+        barge_in_pause_ms=defaults.turn_taking.barge_in_pause_ms,
         false_interruption_ms=defaults.turn_taking.false_interruption_ms,
         idle_prompt_s=float(conv.idle_prompt_seconds or defaults.turn_taking.idle_prompt_seconds),
         max_idle_prompts=conv.max_idle_prompts or defaults.turn_taking.max_idle_prompts,

@@ -191,6 +191,9 @@ class TurnTakingSettings(BaseModel):
     unfinished_grace_ms: int = Field(1500, ge=0)
     # Caller speech needed to interrupt the agent (coughs and "uh-huh" are shorter).
     barge_in_min_speech_ms: int = Field(400, ge=0)
+    # Voiced caller audio from the VAD onset after which the agent's playout pauses (before the VAD has
+    # confirmed speech), so the caller hears the agent stop at once; 0 turns pausing off.
+    barge_in_pause_ms: int = Field(160, ge=0)
     # An interruption with no recognised words within this time was noise: the agent re-offers its reply.
     false_interruption_ms: int = Field(1500, ge=100)
     idle_prompt_seconds: float = Field(8.0, gt=0)

@@ -43,6 +43,9 @@ class CallScript:
     hangup_after_s: float = 1.0
     # What the agent should send back (PCM16 at the TTS rate when unset), like a bridge would ask.
     output_format: media_pb2.AudioFormat | None = None
+    # A line equal to one of these keys is sent as this 16 kHz PCM16 audio instead of speech (a noise
+    # burst, a cough): sounds that are not words.
+    sounds: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +103,9 @@ class ScriptedCaller:
         record = CallRecord(call_id or f"call_{uuid.uuid4().hex[:12]}")
         # Everything the caller will say, synthesized up front so speaking is never late.
         lines = [
-            [await self.speech(part.strip(), script.caller_voice) for part in line.split("|")]
+            [script.sounds[line]]
+            if line in script.sounds
+            else [await self.speech(part.strip(), script.caller_voice) for part in line.split("|")]
             for line in script.lines
         ]
         outbox: asyncio.Queue[bytes] = asyncio.Queue()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import numpy as np
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -22,6 +23,7 @@ from services.shared.grpc_channels import open_channel
 from services.shared.grpc_server import GrpcServer
 from services.shared.settings import Settings, load_settings
 from services.softphone.caller import CALLER_RATE, CallRecord, CallScript, ScriptedCaller
+from services.softphone.report import voiced
 from tests.agent.conftest import IDLE_AGENT_ID, FinishedSessions
 from voice.v1 import agent_session_pb2 as pb
 from voice.v1 import agent_session_pb2_grpc, events_pb2, media_pb2
@@ -128,11 +130,21 @@ async def test_barge_in_clears_audio_and_keeps_only_what_was_heard(
     agent_texts = [m.text for m in session.history.messages if m.role == "assistant"]
     assert heard in agent_texts and HOURS_ANSWER not in agent_texts
     assert record.transfer is not None  # and the interruption itself was answered
+    # The agent paused on the first voiced evidence, well before the interruption was confirmed: on the
+    # agent's audio clock, onset -> pause within 250 ms ...
+    (onset, paused), *_ = session.pauses
+    assert 0 < paused - onset <= 0.25, session.pauses
+    # ... and at the caller, the agent's frames that still arrived after the caller's first voiced frame
+    # (20 ms each; paced at 50 per second) cover at most 250 ms plus the VAD's window and the transport.
+    answer_started = [t for t, name in record.events if name == "AGENT_STATE_SPEAKING"][1]
+    caller_onset = next(t for t, pcm in record.caller_audio if t > answer_started and voiced(pcm))
+    late = [t for t, _ in record.agent_audio if caller_onset < t < t_clear]
+    assert len(late) <= 16, len(late)
 
 
 @pytest.mark.parametrize("backchannel", ["Okay.", "Uh huh."])
 async def test_a_backchannel_while_the_agent_talks_does_not_interrupt(
-    caller: ScriptedCaller, backchannel: str
+    caller: ScriptedCaller, finished: FinishedSessions, backchannel: str
 ) -> None:
     record = await caller.call(
         CallScript(lines=["What are your opening hours?", backchannel], barge_in_after_s=1.5)
@@ -140,6 +152,36 @@ async def test_a_backchannel_while_the_agent_talks_does_not_interrupt(
     assert record.clear_audio == 0, [(who, text) for _, who, text, _ in record.transcript]
     said = agent_lines(record)
     assert (HOURS_ANSWER, False) in said  # heard to the end
+    # The backchannel paused the agent (it could have been an interruption); the reply then resumed from
+    # the frame where it stopped: every frame of the answer reached the caller once, none cleared.
+    session = finished.by_call[record.call_id]
+    assert len(session.pauses) == 1, session.pauses
+
+
+def noise_burst(seconds: float, seed: int = 7) -> bytes:
+    """Broadband noise with a syllable-rate envelope (loud enough for the VAD to wonder), not words."""
+    rng = np.random.default_rng(seed)
+    n = int(CALLER_RATE * seconds)
+    envelope = 0.6 + 0.4 * np.sin(np.linspace(0, 2 * np.pi * 4 * seconds, n))
+    samples = rng.normal(0, 6000, n) * envelope
+    return bytes(np.clip(samples, -32768, 32767).astype("<i2").tobytes())
+
+
+async def test_a_noise_burst_pauses_the_agent_and_the_reply_resumes(
+    caller: ScriptedCaller, finished: FinishedSessions
+) -> None:
+    burst = noise_burst(0.3)
+    record = await caller.call(
+        CallScript(
+            lines=["What are your opening hours?", "<noise>"], barge_in_after_s=1.5, sounds={"<noise>": burst}
+        )
+    )
+    assert record.clear_audio == 0, [(who, text) for _, who, text, _ in record.transcript]
+    assert (HOURS_ANSWER, False) in agent_lines(record)  # the answer played to its end
+    session = finished.by_call[record.call_id]
+    assert session.turn_index == 1  # the noise never became a caller turn
+    # Silero gives broadband noise no speech probability: the agent does not even pause for it.
+    assert session.pauses == []
 
 
 @pytest.mark.parametrize("pause_s", [0.3, 0.8, 1.2])

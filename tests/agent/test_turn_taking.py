@@ -159,3 +159,44 @@ def test_a_reoffer_restarts_the_sentence() -> None:
     assert reoffer("We are open Monday to Friday.") == "As I was saying, we are open Monday to Friday."
     assert reoffer("Doctor Smith can see you.") == "As I was saying, Doctor Smith can see you."
     assert reoffer("I'm sorry.") == "As I was saying, I'm sorry."
+
+
+async def test_playout_pause_holds_every_frame_and_resume_goes_on_from_there() -> None:
+    sent: list[tuple[int, bytes]] = []
+    got_some = asyncio.Event()
+    done = asyncio.Event()
+
+    async def send(frame: bytes, seq: int, ts: int, segment: Segment) -> None:
+        sent.append((seq, frame))
+        if len(sent) == 3:
+            got_some.set()
+        if len(sent) == 10:
+            done.set()
+
+    playout = Playout(16000, 20, send)
+    runner = asyncio.create_task(playout.run())
+    segment = playout.begin("We are open.", reply_id=1)
+    frames = [bytes([i]) * 640 for i in range(1, 11)]  # ten distinct 20 ms frames
+    playout.append(segment, b"".join(frames))
+    playout.finish(segment)
+    await got_some.wait()
+    playout.pause()
+    paused_at = len(sent)
+    await asyncio.sleep(0.1)  # five frames' time: none may go out while paused
+    assert len(sent) == paused_at and playout.paused and playout.active
+    playout.resume()
+    await done.wait()
+    runner.cancel()
+    # Every frame exactly once, in order, with consecutive sequence numbers: nothing dropped or repeated.
+    assert [frame for _, frame in sent] == frames
+    assert [seq for seq, _ in sent] == list(range(10))
+
+
+def test_pause_evidence_comes_before_the_vad_confirms_speech() -> None:
+    ep = Endpointer(threshold=0.5, min_speech_ms=250, min_silence_ms=300)
+    feed(ep, [0.1] * 3 + [0.9] * 5)  # 160 ms voiced: not yet speech, but already evidence to pause on
+    assert not ep.in_speech and ep.onset_at is not None and abs(ep.onset_at - 3 * WINDOW) < 1e-9
+    assert abs(ep.onset_voiced() - 5 * WINDOW) < 1e-9
+    for i in range(8, 16):  # it died out: a blip, nothing left to pause for
+        ep.update(0.0, i * WINDOW, WINDOW)
+    assert ep.onset_at is None and ep.onset_voiced() == 0.0

@@ -60,6 +60,21 @@ class Endpointer:
         so a 150 ms "mm-hm" stays 150 ms long."""
         return max(self._last_voiced - self._speech_start, 0.0) if self.in_speech else 0.0
 
+    @property
+    def onset_at(self) -> float | None:
+        """When the current (or possible) speech began, on the audio clock; None when there is none."""
+        return self._speech_start if self.in_speech else self._candidate_start
+
+    def onset_voiced(self) -> float:
+        """Voiced seconds since the onset of what may be speech, before the VAD has confirmed it (after,
+        the same as `voiced_duration`); 0 when nothing voiced is pending. A barge-in pauses the agent on
+        this early evidence and confirms (or takes back) the interruption later."""
+        if self.in_speech:
+            return self.voiced_duration()
+        if self._candidate_start is None:
+            return 0.0
+        return max(self._last_voiced - self._candidate_start, 0.0)
+
     def update(self, probability: float, window_start: float, window_s: float) -> SpeechEvent | None:
         window_end = window_start + window_s
         if not self.in_speech:

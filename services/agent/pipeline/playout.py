@@ -79,6 +79,10 @@ class Playout:
         self.underruns = 0
         self.frames_sent = 0
         self._started_at: float | None = None
+        # Paused (a possible barge-in): nothing is sent, nothing is dropped; `resume` goes on from the
+        # very frame that was next, `clear` drops it all.
+        self._paused = False
+        self._held: tuple[bytes, Segment] | None = None
 
     @property
     def active(self) -> bool:
@@ -109,6 +113,20 @@ class Playout:
             self._progress.clear()
             await self._progress.wait()
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Stops sending at once (the frame waiting for its time is held back, not sent)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Goes on from where `pause` stopped (the false interruption was noise or a backchannel)."""
+        if self._paused:
+            self._paused = False
+            self._wakeup.set()
+
     def clear(self) -> PlayedReport:
         """Drops all queued audio (barge-in); reports what of the current reply the caller heard."""
         heard, unheard, resume = [], [], []
@@ -123,6 +141,8 @@ class Playout:
             heard.append(prefix)
             unheard.append(segment.text[len(prefix) :].strip())
         self._segments.clear()
+        self._held = None
+        self._paused = False
         self._epoch += 1
         self._wakeup.set()
         self._progress.set()
@@ -137,7 +157,17 @@ class Playout:
         loop = asyncio.get_running_loop()
         next_due: float | None = None
         while True:
-            popped = self._next_frame()
+            if self._paused:
+                while self._paused:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                now = loop.time()
+                if next_due is not None and now > next_due:
+                    # The sample clock keeps time across the pause, as across any gap (RTP semantics).
+                    self.timestamp += int((now - next_due) * self.sample_rate)
+                next_due = None
+                continue
+            popped, self._held = self._held or self._next_frame(), None
             if popped is None:
                 if self._segments and next_due is not None:
                     # Mid-reply and TTS has not delivered the next audio in time: an underrun.
@@ -158,6 +188,9 @@ class Playout:
                 await asyncio.sleep(next_due - now)
             if epoch != self._epoch:
                 next_due = None  # cleared (barge-in) while this frame waited for its time: drop it
+                continue
+            if self._paused:
+                self._held = popped  # paused while this frame waited: it is the first after resume
                 continue
             frame, segment = popped
             await self._send(frame, self.sequence_number, self.timestamp, segment)
