@@ -526,6 +526,11 @@ class BridgeCall:
             self.on_hold = False
         else:
             return
+        await self.tell_phone_held(on)
+
+    async def tell_phone_held(self, on: bool) -> None:
+        """The hold re-INVITE alone (a=sendonly / back to sendrecv), without a state change: a warm
+        transfer holds the caller while the target is briefed, in TRANSFERRING."""
         if self.leg is not None and self.offer_sdp is not None and not self.ended.is_set():
             try:
                 await self.leg.ua.reinvite(self.leg, self.offer_sdp("sendonly" if on else "sendrecv"))

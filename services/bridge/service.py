@@ -20,6 +20,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.agent.providers.tts.triton import TritonTextToSpeech
+from services.bridge.briefing import BriefingVoice, Synthesizer, briefing_text, speak
 from services.bridge.call import BridgeCall, CallDeps, CallInfo, EventSink
 from services.bridge.media import RtpSession
 from services.bridge.sip.message import SipMessage, uri_user
@@ -68,6 +70,9 @@ class BridgeMetrics:
             "bridge_calls_rejected", "Inbound calls refused", ["status"], registry=registry
         )
         self.calls = Counter("bridge_calls", "Calls carried", ["direction"], registry=registry)
+        self.briefings = Counter(
+            "bridge_transfer_briefings", "Warm-transfer briefings spoken", registry=registry
+        )
         self.active = Gauge("bridge_active_calls", "Calls in progress on this instance", registry=registry)
 
 
@@ -109,6 +114,7 @@ class Bridge:
         )
         self.ua = UserAgent(self.sip_settings.host, self._on_invite)
         self.on_call: Callable[[BridgeCall], None] | None = None  # tests and the demo observe calls
+        self._tts: TritonTextToSpeech | None = None  # speaks warm-transfer briefings; made on first use
 
     @property
     def media_host(self) -> str:
@@ -123,6 +129,8 @@ class Bridge:
         for call in list(self.calls.values()):
             await call.end("shutdown")
         await self.ua.close()
+        if self._tts is not None:
+            await self._tts.close()
 
     def _track(self, call: BridgeCall) -> None:
         self.calls[call.call_id] = call
@@ -399,6 +407,14 @@ class Bridge:
             return
         # Let the agent finish what it is saying ("I'm transferring you now") before the caller goes.
         await call.playout_drained(8.0)
+        if request.type == pb.TRANSFER_TYPE_WARM:
+            await self._brief(call, media, request)
+            if call.ended.is_set() or target.ended.done():
+                media.close()
+                await target.hangup("caller_gone")
+                if not call.ended.is_set():  # the target hung up while briefed: the agent keeps the call
+                    await call.move(CallState.CONVERSING)
+                return
         call.relay_leg = target
         call.relay_to = media
         call.drop_agent("transferred")
@@ -412,6 +428,30 @@ class Bridge:
             await call.end("transferred")
 
         self.ua.spawn(target_gone())
+
+    async def _brief(self, call: BridgeCall, media: RtpSession, request: pb.TransferRequest) -> None:
+        """Warm transfer: the caller is held (re-INVITE a=sendonly; the agent hears silence) while the
+        target hears the briefing, then the caller is taken off hold to be relayed."""
+        call.on_hold = True
+        await call.tell_phone_held(True)
+        text = briefing_text(request.context, request.reason)
+        voice = BriefingVoice(self.settings.agent_service.tts.default_voice_id)
+        try:
+            frames = await asyncio.wait_for(
+                speak(self.briefing_tts(), text, voice, media, call.ended, tenant_id=call.info.tenant_id),
+                self.settings.agent_service.tts.request_timeout_seconds + len(text) / 5,
+            )
+            self.metrics.briefings.inc()
+            log.info("target briefed", extra={"data": {"call_id": call.call_id, "frames": frames}})
+        except Exception:  # a failed briefing still connects the caller
+            log.exception("briefing failed", extra={"data": {"call_id": call.call_id}})
+        call.on_hold = False
+        await call.tell_phone_held(False)
+
+    def briefing_tts(self) -> Synthesizer:
+        if self._tts is None:
+            self._tts = TritonTextToSpeech(self.settings.agent_service.tts)
+        return self._tts
 
 
 def _failure_reason(status: int, leg: OutboundCall) -> str:

@@ -52,6 +52,7 @@ class SipCallRecord:
     latencies_ms: list[float] = field(default_factory=list)
     transferred: bool = False
     reception_heard_caller: bool = False
+    reception_heard_briefing: bool = False
     agent_turns: int = 0
     events: list[str] = field(default_factory=list)
 
@@ -89,6 +90,7 @@ class _Reception:
         self.answered = asyncio.Event()
         self.connected = asyncio.Event()  # the caller's audio is relayed to reception
         self.call: InboundCall | None = None
+        self.briefing_bytes = 0  # reception's received audio up to the end of the agent's briefing
         self._print = on_event
 
     async def start(self) -> None:
@@ -109,9 +111,16 @@ class _Reception:
         if await call.wait_ack(5):
             self.answered.set()
             self._print("        reception: picks up")
-            # The bridge connects the caller once the agent has finished speaking: greet then.
+            # A warm transfer: the bridge speaks the agent's briefing to reception first (the caller
+            # on hold), then relays the caller; reception greets once the briefing is over.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.phone.first_packet.wait(), 15)
+            await _agent_finished(self.phone, 30)
+            heard = self.phone.audio()
+            self.briefing_bytes = len(heard)
+            if _loud(heard, self.phone.frame_bytes):
+                seconds = len(heard) / 2 / self.phone.rate
+                self._print(f"        reception: heard the agent's briefing ({seconds:.1f} s of audio)")
             self.connected.set()
             self.phone.say(self.greeting)
 
@@ -176,7 +185,11 @@ async def place_sip_call(
         record.sip_log = call.log
         if reception.call is not None:
             record.reception_log = reception.call.log
-        record.reception_heard_caller = _loud(reception.phone.audio(), reception.phone.frame_bytes)
+        heard = reception.phone.audio()
+        record.reception_heard_briefing = _loud(
+            heard[: reception.briefing_bytes], reception.phone.frame_bytes
+        )
+        record.reception_heard_caller = _loud(heard[reception.briefing_bytes :], reception.phone.frame_bytes)
     finally:
         await events.close()
         await phone.close()
@@ -380,10 +393,16 @@ async def demo_call(
         for i, ms in enumerate(record.latencies_ms, 1):
             print(f"  turn {i}: {ms:6.0f} ms")
     print(f"\nRecording of the caller's line (both sides): {recording}")
-    ok = record.agent_turns >= len(lines) and record.transferred and record.reception_heard_caller
+    ok = (
+        record.agent_turns >= len(lines)
+        and record.transferred
+        and record.reception_heard_briefing
+        and record.reception_heard_caller
+    )
     if not ok:
         print(
             f"  [FAIL] agent turns {record.agent_turns} (want >= {len(lines)}), "
-            f"transferred {record.transferred}, reception heard the caller {record.reception_heard_caller}"
+            f"transferred {record.transferred}, reception heard the briefing "
+            f"{record.reception_heard_briefing} and the caller {record.reception_heard_caller}"
         )
     return ok

@@ -529,3 +529,59 @@ async def test_a_phone_call_is_recorded_by_the_bridge_when_its_agent_asks(
         frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
     caller_rms, agent_rms = (float(np.sqrt(np.mean(frames[:, i].astype(np.float64) ** 2))) for i in (0, 1))
     assert caller_rms > 100 and agent_rms > 100, (caller_rms, agent_rms)  # both sides are in it
+
+
+def speech_frames(pcm16_8k: bytes, *, threshold: float = 300.0) -> int:
+    """20 ms frames whose RMS is above `threshold` (speech, not silence or comfort noise)."""
+    samples = np.frombuffer(pcm16_8k[: len(pcm16_8k) // 320 * 320], dtype=np.int16).astype(np.float64)
+    if samples.size == 0:
+        return 0
+    rms = np.sqrt((samples.reshape(-1, 160) ** 2).mean(axis=1))
+    return int((rms > threshold).sum())
+
+
+async def test_warm_transfer_briefs_the_target_before_the_caller_joins(env: SipEnv) -> None:
+    """A warm transfer holds the caller (re-INVITE a=sendonly), the target hears the briefing spoken
+    from the request's context, and only then is the caller taken off hold and relayed to it."""
+    t = await env.tenant()
+    channel = open_channel(env.cp.settings, env.rpc.address, identity="control")
+    stub = call_control_pb2_grpc.CallControlServiceStub(channel)
+    target_port = free_udp_port()
+    trunk = env.bridge.sip_settings.trunk
+    try:
+        async with phone() as p, phone() as reception:
+            sipp = await run_sipp(env, "uac_held", "-set", "rtp", str(p.port), "-d", "4000", service=t.number)
+            await wait_for(lambda: env.calls and env.calls[-1].info.to_number == t.number, 10, "the call")
+            call = env.calls[-1]
+            await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+            target = await run_sipp(env, "uas_answer", "-set", "rtp", str(reception.port), port=target_port)
+            await asyncio.sleep(0.3)
+            env.bridge.sip_settings = env.bridge.sip_settings.model_copy(
+                update={"trunk": f"127.0.0.1:{target_port}"}
+            )
+            moved = await stub.Transfer(
+                call_control_pb2.CallControlServiceTransferRequest(
+                    call_id=call.call_id,
+                    target="ext:100",
+                    type=agent_session_pb2.TRANSFER_TYPE_WARM,
+                    context="Caller John is asking about a double charge on his last invoice.",
+                )
+            )
+            assert moved.leg.status == common_pb2.CALL_STATUS_TRANSFERRING
+            await wait_for(lambda: call.relay_to is not None, 60, "the caller to be relayed")
+            briefing = reception.audio()  # everything the target heard before the caller was relayed
+            assert speech_frames(briefing) >= 50, "the target heard no briefing (at least 1 s of speech)"
+            p.say(b"\x00" * 1600)  # the caller, now relayed, still reaches the target
+            code, log = await sipp.wait(40)
+            assert code == 0, log[-3000:]
+            # Held while the target was briefed, then taken off hold to be connected.
+            assert "a=sendonly" in log and log.count("INVITE sip:") >= 2
+            code, log = await target.wait(20)
+            assert code == 0, log[-3000:]
+    finally:
+        env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"trunk": trunk})
+        await channel.close()
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == "transferred"
+    assert env.events.of(call.call_id)[-3:] == ["call_transfer_requested", "call_transferred", "call_ended"]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
