@@ -4,7 +4,9 @@ softphone in two voices. Prints one JSON object on stdout (progress on stderr):
 
   premature_endpoint_rate     digit and spelling dictation with 300-1200 ms pauses answered before the end
   backchannel_interrupt_rate  "okay", "uh huh", ... said while the agent talks that cleared its audio
-  barge_in_ms_p50             real interruption: the caller's speech onset -> ClearAudio, at the caller
+  barge_in_ms_p50             real interruption: the caller's speech onset -> the agent's last frame to
+                              arrive (the agent pauses on the first voiced evidence), at the caller
+  barge_in_clear_ms_p50       ... -> ClearAudio (sent once the interruption is confirmed as speech)
   caller_e2e_ms {p50, p95}    end of the caller's speech -> first agent audio, at the caller
   wer_heldout                 word error rate on held-out sentences (not the agent's phrases)
   turn_model_ms_p50           one Smart Turn decision (features + inference, one thread)
@@ -54,16 +56,21 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def barge_in_ms(record: CallRecord) -> float | None:
+def barge_in_ms(record: CallRecord) -> tuple[float, float] | None:
     """Onset of the caller's interrupting speech (its first voiced frame after the agent began the
-    answer) to the ClearAudio, both on the softphone's clock."""
+    answer) to the last agent frame that arrived before the ClearAudio (what the caller hears as "the
+    agent stopped"; the onset itself when none arrived after it), and to the ClearAudio; softphone clock."""
     clears = [t for t, name in record.events if name == "clear_audio"]
     speaking = [t for t, name in record.events if name == "AGENT_STATE_SPEAKING"]
     if not clears or len(speaking) < 2:
         return None
     answer_started = speaking[1]  # after the greeting
     onsets = [t for t, pcm in record.caller_audio if t > answer_started and voiced(pcm)]
-    return (clears[0] - onsets[0]) * 1000 if onsets and onsets[0] < clears[0] else None
+    if not onsets or onsets[0] >= clears[0]:
+        return None
+    onset = onsets[0]
+    last = max([t for t, _ in record.agent_audio if onset <= t < clears[0]], default=onset)
+    return (last - onset) * 1000, (clears[0] - onset) * 1000
 
 
 async def calls(caller: ScriptedCaller) -> dict[str, Any]:
@@ -86,13 +93,15 @@ async def calls(caller: ScriptedCaller) -> dict[str, Any]:
             backchannels += 1
             log(f"backchannel {voice} {word!r}: clear_audio={record.clear_audio}")
     barge: list[float] = []
+    clear: list[float] = []
     for voice in VOICES:
         for line in INTERRUPTIONS:
             record = await caller.call(
                 CallScript(lines=[QUESTIONS[0], line], barge_in_after_s=1.5, caller_voice=voice)
             )
             if (ms := barge_in_ms(record)) is not None:
-                barge.append(ms)
+                barge.append(ms[0])
+                clear.append(ms[1])
             log(f"barge-in {voice}: {ms}")
     e2e: list[float] = []
     for voice in VOICES:
@@ -104,6 +113,7 @@ async def calls(caller: ScriptedCaller) -> dict[str, Any]:
         "premature_endpoint_rate": round(premature / dictations, 3),
         "backchannel_interrupt_rate": round(interrupted / backchannels, 3),
         "barge_in_ms_p50": round(statistics.median(barge), 1) if barge else None,
+        "barge_in_clear_ms_p50": round(statistics.median(clear), 1) if clear else None,
         "caller_e2e_ms": {"p50": percentile(e2e, 0.5), "p95": percentile(e2e, 0.95)},
         "samples": {"dictations": dictations, "backchannels": backchannels, "barge_ins": len(barge)},
     }

@@ -132,8 +132,8 @@ async def test_barge_in_clears_audio_and_keeps_only_what_was_heard(
     assert record.transfer is not None  # and the interruption itself was answered
     # The agent paused on the first voiced evidence, well before the interruption was confirmed: on the
     # agent's audio clock, onset -> pause within 250 ms ...
-    (onset, paused), *_ = session.pauses
-    assert 0 < paused - onset <= 0.25, session.pauses
+    (onset, paused), *_ = session.pause.pauses
+    assert 0 < paused - onset <= 0.25, session.pause.pauses
     # ... and at the caller, the agent's frames that still arrived after the caller's first voiced frame
     # (20 ms each; paced at 50 per second) cover at most 250 ms plus the VAD's window and the transport.
     answer_started = [t for t, name in record.events if name == "AGENT_STATE_SPEAKING"][1]
@@ -155,7 +155,7 @@ async def test_a_backchannel_while_the_agent_talks_does_not_interrupt(
     # The backchannel paused the agent (it could have been an interruption); the reply then resumed from
     # the frame where it stopped: every frame of the answer reached the caller once, none cleared.
     session = finished.by_call[record.call_id]
-    assert len(session.pauses) == 1, session.pauses
+    assert len(session.pause.pauses) == 1, session.pause.pauses
 
 
 def noise_burst(seconds: float, seed: int = 7) -> bytes:
@@ -181,7 +181,7 @@ async def test_a_noise_burst_pauses_the_agent_and_the_reply_resumes(
     session = finished.by_call[record.call_id]
     assert session.turn_index == 1  # the noise never became a caller turn
     # Silero gives broadband noise no speech probability: the agent does not even pause for it.
-    assert session.pauses == []
+    assert session.pause.pauses == []
 
 
 @pytest.mark.parametrize("pause_s", [0.3, 0.8, 1.2])

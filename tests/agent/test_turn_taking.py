@@ -13,6 +13,7 @@ from services.agent.pipeline.endpointing import (
 )
 from services.agent.pipeline.history import Conversation
 from services.agent.pipeline.interruptions import final_interrupts, interrupts_while_speaking, reoffer
+from services.agent.pipeline.pausing import BargeInPause
 from services.agent.pipeline.playout import Playout, Segment, words_heard
 from services.agent.ports import ToolUse
 
@@ -200,3 +201,23 @@ def test_pause_evidence_comes_before_the_vad_confirms_speech() -> None:
     for i in range(8, 16):  # it died out: a blip, nothing left to pause for
         ep.update(0.0, i * WINDOW, WINDOW)
     assert ep.onset_at is None and ep.onset_voiced() == 0.0
+
+
+async def test_a_voiced_blip_pauses_the_agent_and_gives_it_back() -> None:
+    async def send(frame: bytes, seq: int, ts: int, segment: Segment) -> None:
+        return None
+
+    ep = Endpointer(threshold=0.5, min_speech_ms=250, min_silence_ms=300)
+    playout = Playout(16000, 20, send)
+    pause = BargeInPause(playout, ep, pause_ms=160)
+    for i, p in enumerate([0.1] * 3 + [0.9] * 5):
+        ep.update(p, i * WINDOW, WINDOW)
+        pause.check(agent_audible=True, now=(i + 1) * WINDOW)
+        assert pause.active == (i == 7)  # the fifth voiced window (160 ms), not before
+    assert playout.paused and pause.pauses == [(3 * WINDOW, 8 * WINDOW)]
+    for i in range(8, 16):
+        ep.update(0.0, i * WINDOW, WINDOW)
+    assert pause.blip_over() and pause.resume("noise")
+    assert not playout.paused and not pause.active
+    pause.check(agent_audible=False, now=1.0)  # nothing to pause while the agent is silent
+    assert not pause.active

@@ -33,6 +33,7 @@ from services.agent.pipeline.history import Conversation
 from services.agent.pipeline.inbound import InboundAudio
 from services.agent.pipeline.interruptions import final_interrupts, interrupts_while_speaking, reoffer
 from services.agent.pipeline.outbound import OutboundAudio
+from services.agent.pipeline.pausing import BargeInPause
 from services.agent.pipeline.playout import Playout, Segment
 from services.agent.pipeline.replies import Reply, ReplyGenerator
 from services.agent.pipeline.replies import scripted as scripted_reply
@@ -132,11 +133,7 @@ class CallSession:
         self._reply: Reply | None = None
         self._next_reply_id = 0
         self._interrupted: tuple[str, float] | None = None  # unheard text, when
-        # A possible barge-in paused the agent's playout (monotonic time); speech confirmed since then.
-        self._paused_since: float | None = None
-        self._pause_saw_speech = False
-        # (onset, pause) on the audio clock for each pause: what a caller hears as "the agent stopped".
-        self.pauses: list[tuple[float, float]] = []
+        self.pause = BargeInPause(self.playout, self.endpointer, tt.barge_in_pause_ms)
         self._ended = asyncio.Event()
         self._last_activity = time.monotonic()
         self._idle_prompts = 0
@@ -219,9 +216,11 @@ class CallSession:
                 self._pre_roll.clear()
             elif isinstance(event, SpeechEnded):
                 self._on_speech_ended(event)
-            self._maybe_pause(first_start + (i + 1) * window_s)
-        if self._paused_since is not None and not self._pause_saw_speech and self.endpointer.onset_at is None:
-            self._resume("noise")  # the voiced blip died out before it became speech
+            reply = self._reply
+            audible = reply is not None and reply.audible and self.playout.active
+            self.pause.check(audible, first_start + (i + 1) * window_s)
+        if self.pause.blip_over():
+            self._resume("noise")
         if self.endpointer.in_speech or was_speaking:
             await self.stt.push(pcm)
             self._keep_turn_audio(pcm)
@@ -236,8 +235,7 @@ class CallSession:
         assert self.stt is not None
         self._last_activity = time.monotonic()
         self._interim_words = []
-        if self._paused_since is not None:
-            self._pause_saw_speech = True  # now STT or the voiced duration confirms or takes it back
+        self.pause.speech_started()  # now STT or the voiced duration confirm the interruption or not
         if self._turn_finisher is not None:
             self._turn_finisher.cancel()  # the caller goes on with the same turn
             self._turn_finisher = None
@@ -263,32 +261,10 @@ class CallSession:
         marks = TurnMarks(self.turn_index + 1, end_of_speech=now - max(lag, 0.0))
         self._turn_finisher = asyncio.create_task(self._finish_turn(marks), name="finish-turn")
 
-    def _maybe_pause(self, now: float) -> None:
-        """Pauses the agent on the first voiced evidence (before the VAD confirms speech): the caller
-        hears it stop at once. Nothing is dropped: `_barge_in` clears it once the interruption is real,
-        `_resume` goes on from the same frame when it was noise or a backchannel."""
-        pause_s = self.profile.turn_taking.barge_in_pause_ms / 1000
-        reply = self._reply
-        onset = self.endpointer.onset_at
-        if pause_s <= 0 or reply is None or self._paused_since is not None or onset is None:
-            return
-        if not (self.playout.active and reply.audible) or self.endpointer.onset_voiced() < pause_s:
-            return
-        self.playout.pause()
-        self._paused_since = time.monotonic()
-        self._pause_saw_speech = self.endpointer.in_speech
-        self.pauses.append((onset, now))
-        log.info("possible barge-in: agent paused", extra={"data": {"onset_to_pause_s": now - onset}})
-
     def _resume(self, why: str) -> None:
         """The interruption was false (noise, a backchannel): the paused reply goes on where it stopped."""
-        if self._paused_since is None:
-            return
-        self._paused_since = None
-        self._pause_saw_speech = False
-        self.playout.resume()
-        self.metrics.false_interruptions.labels(self.tenant).inc()
-        log.info("false interruption: agent resumes", extra={"data": {"why": why}})
+        if self.pause.resume(why):
+            self.metrics.false_interruptions.labels(self.tenant).inc()
 
     def _check_barge_in(self) -> None:
         reply = self._reply
@@ -305,8 +281,7 @@ class CallSession:
         reply = self._reply
         assert reply is not None
         report = self.playout.clear()
-        self._paused_since = None
-        self._pause_saw_speech = False
+        self.pause.cleared()
         heard = " ".join([*reply.played_sentences, report.heard_text]).strip()
         self._cancel_reply(restore_caller_text=False)
         self.metrics.barge_ins.labels(self.tenant).inc()
@@ -403,7 +378,7 @@ class CallSession:
                 await asyncio.wait_for(self._final_arrived.wait(), STT_FINAL_TIMEOUT_S)
             marks.stt_final = time.monotonic()
         text = " ".join(self._pending_text).strip()
-        if self._paused_since is not None and self._reply is not None:
+        if self.pause.active and self._reply is not None:
             confidence = min(self._pending_confidence, default=1.0)
             if not text or not final_interrupts(text, confidence):
                 # No words, or a backchannel: the agent goes on at once, its audio never cleared.
@@ -572,7 +547,7 @@ class CallSession:
             if self.books.duration_s > tt.max_call_s and self._reply is None:
                 self._start_reply(scripted=MAX_DURATION_GOODBYE, end="max_duration")
                 break
-            paused = self._paused_since
+            paused = self.pause.since
             quiet = not self.endpointer.in_speech and self._turn_finisher is None
             if paused is not None and quiet and now - paused > tt.false_interruption_ms / 1000:
                 self._resume("no speech")  # nothing confirmed the interruption in time
