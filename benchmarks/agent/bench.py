@@ -5,9 +5,20 @@ fixed_providers.py) and the energy VAD; the softphone load generator runs in ano
 one JSON object on stdout (progress on stderr):
   overhead_ms {p50, p99}      per-turn e2e minus provider time minus endpointing waits
   underruns                   playout underruns at the largest load level that ran
-  cpu_percent_per_call        agent server CPU (its own accounting) per concurrent call, in % of a core
-  calls_per_core              100 / cpu_percent_per_call
+  calls_per_core              100 / cpu_percent_per_call (energy VAD)
   max_sessions_no_underrun    largest concurrent-call level with zero underruns and every call OK
+  caller_e2e_ms {idle_p50, idle_p95, load_p50, load_p95, load_level}   measured by the softphone load
+                              generator (its own processes): caller's end of speech (from its audio) to
+                              the first agent audio frame received, per turn
+  frame_gap_ms_p99            gaps between agent frames inside a reply, as received, at load_level
+  late_frames_per_call_minute gaps over 40 ms per minute of call, at load_level
+  rss_mb_per_call             agent RSS peak while holding load_level calls (the process' first load)
+                              minus its RSS just before, per call
+  loop_lag_ms_p99             agent event-loop lag p99 over the load_level run (its /metrics histogram)
+  server_vs_caller_ms_p50     caller-measured minus TurnLatency.first_audio_frame_sent, per turn
+  cpu_percent_per_call        {energy_vad, silero}: the reference level's figure, and a run of
+                              --silero-level calls with Silero VAD and Triton TTS callers
+  max_calls_no_degradation    largest level with caller p95 within 100 ms of idle and gap p99 < 40 ms
   rss_growth_mb_per_1000_sessions   server RSS growth per 1,000 sessions between the 2nd and 3rd of
                               three rounds of churn (the 1st round absorbs allocator warm-up)
 """
@@ -85,7 +96,12 @@ async def load_spread(
     not what is measured), merged."""
     procs = max(1, min(procs, calls))
     shares = [calls // procs + (i < calls % procs) for i in range(procs)]
-    parts = await asyncio.gather(*(load(target, "--calls", str(n), *extra, caller=caller) for n in shares))
+    parts = await asyncio.gather(
+        *(
+            load(target, "--calls", str(n), "--id-prefix", f"p{i}-", *extra, caller=caller)
+            for i, n in enumerate(shares)
+        )
+    )
     merged: dict[str, Any] = {"errors": sorted({e for p in parts for e in p["errors"]})[:5]}
     for key, value in parts[0].items():
         if isinstance(value, (int, float)) and key != "errors":
@@ -196,6 +212,13 @@ async def main(
         await wait_serving(target, 60, server)
         log(f"agent server (fixed-latency providers) at {target}, pid {server.pid}")
 
+        # First, before any other load: RSS per call is then what holding `caller_level` calls costs
+        # this process (its allocator has not been grown by earlier rounds).
+        heard: dict[str, Any] = (
+            await caller_measured(target, metrics_port, proc, caller_level, load_procs)
+            if caller_level
+            else {}
+        )
         log("warm-up: 100 short sessions")
         await load(target, "--calls", "100", "--concurrency", "50", "--turns", "0")
         # Three rounds of churn: the first absorbs allocator warm-up, the trend is between the others.
@@ -208,11 +231,6 @@ async def main(
             rss.append(proc.memory_info().rss / 2**20)
         rss_growth = (rss[3] - rss[1]) / 2 * 1000 / churn
 
-        heard: dict[str, Any] = (
-            await caller_measured(target, metrics_port, proc, caller_level, load_procs)
-            if caller_level
-            else {}
-        )
         per_level = []
         for n in levels:
             cpu_before = sum(proc.cpu_times()[:2])
@@ -220,7 +238,7 @@ async def main(
             started = time.monotonic()
             # Silero only hears speech: with it, the callers speak with the Triton TTS voice.
             caller = "tts" if vad == "silero" else "tone"
-            result = await load(target, "--calls", str(n), "--turns", "2", caller=caller)
+            result = await load_spread(target, n, load_procs, "--turns", "2", caller=caller)
             wall = time.monotonic() - started
             cpu = sum(proc.cpu_times()[:2]) - cpu_before
             underruns = metric_sum(metrics_port, "playout_underruns_total") - under_before
@@ -235,6 +253,8 @@ async def main(
                 "turns": result["answered_turns"],
                 "wall_s": round(wall, 1),
                 "errors": result["errors"],
+                "caller_e2e_ms_p95": round(percentile(result["caller_e2e_ms"], 0.95), 1),
+                "frame_gap_ms_p99": round(percentile(result["frame_gaps_ms"], 0.99), 1),
             }
             per_level.append(level)
             log(json.dumps(level))
@@ -258,6 +278,19 @@ async def main(
         else {"silero": cpu_per_call},
         "calls_per_core": round(100 / cpu_per_call, 1) if cpu_per_call else None,
         "max_sessions_no_underrun": clean[-1]["sessions"] if clean else 0,
+        # Largest level (all calls ok) whose caller-measured p95 is within 100 ms of idle and whose
+        # frame gaps p99 stay under 40 ms; levels stop at the largest one asked for.
+        "max_calls_no_degradation": max(
+            (
+                lv["sessions"]
+                for lv in per_level
+                if heard
+                and lv["ok"] == lv["sessions"]
+                and lv["caller_e2e_ms_p95"] <= heard["caller_e2e_ms"]["idle_p95"] + 100
+                and lv["frame_gap_ms_p99"] < cm.LATE_GAP_MS
+            ),
+            default=0,
+        ),
         "rss_growth_mb_per_1000_sessions": round(rss_growth, 2),
         "churn_sessions_ok": churned_ok,
         "rss_mb_after_each_churn_round": [round(r, 1) for r in rss],

@@ -46,7 +46,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(rng.uniform(0, args.stagger) if not args.concurrency else 0)
         async with limit:
             started = time.monotonic()
-            record = await caller.call(CallScript(lines=lines, hangup_after_s=0.2), call_id=f"bench-{i}")
+            record = await caller.call(
+                CallScript(lines=lines, hangup_after_s=0.2), call_id=f"bench-{args.id_prefix}{i}"
+            )
             return record, time.monotonic() - started
 
     results = await asyncio.gather(*(one(i) for i in range(args.calls)))
@@ -73,6 +75,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=0, help="0 = all calls at once")
     parser.add_argument("--stagger", type=float, default=2.0)
+    parser.add_argument(
+        "--id-prefix", default="", help="call ids bench-<prefix><i> (unique across processes)"
+    )
     parser.add_argument("--caller", choices=["tone", "tts"], default="tone", help="the caller's voice")
     print(json.dumps(uvloop.run(run(parser.parse_args()))), flush=True)
 
