@@ -458,6 +458,10 @@ class CallSession:
         self._reply = None
         if reply.task is not None:
             reply.task.cancel()
+        if self.pause.active:
+            # Its paused audio was never sent (no ClearAudio needed), and must not play after a resume.
+            self.playout.clear()
+            self.pause.cleared()
         if restore_caller_text and reply.caller_text:
             self.history.remove_last_caller(reply.caller_text)
             self._pending_text.insert(0, reply.caller_text)
