@@ -35,7 +35,7 @@ from services.bridge.sip.sdp import (
     default_offer_codecs,
     parse_sdp,
 )
-from services.bridge.sip.ua import InboundCall, OutboundCall, SipCall, UserAgent
+from services.bridge.sip.ua import InboundCall, OutboundCall, SipCall, UserAgent, allows, sipfrag_status
 from services.bridge.state import CallState
 from services.bridge.store import CallStore
 from services.control.routing import NumberRoutes, agent_records_calls
@@ -70,6 +70,9 @@ class BridgeMetrics:
             "bridge_calls_rejected", "Inbound calls refused", ["status"], registry=registry
         )
         self.calls = Counter("bridge_calls", "Calls carried", ["direction"], registry=registry)
+        self.refers = Counter(
+            "bridge_transfers_by_refer", "Blind transfers the peer carried out", registry=registry
+        )
         self.briefings = Counter(
             "bridge_transfer_briefings", "Warm-transfer briefings spoken", registry=registry
         )
@@ -374,6 +377,12 @@ class Bridge:
                     type=request.type, target=request.target, context=request.context, reason=request.reason
                 )
             )
+        if request.type == pb.TRANSFER_TYPE_BLIND and call.leg is not None and allows(call.leg, "REFER"):
+            if await self._refer(call, call.leg, request):
+                return
+            if call.ended.is_set():
+                return
+            # The peer could not transfer the caller itself: the bridge dials and relays instead.
         media = self._new_media(None)
         await media.start()
         offer = build_sdp(
@@ -428,6 +437,48 @@ class Bridge:
             await call.end("transferred")
 
         self.ua.spawn(target_gone())
+
+    async def _refer(self, call: BridgeCall, leg: SipCall, request: pb.TransferRequest) -> bool:
+        """Blind transfer by REFER (RFC 3515) when the caller's side (a trunk or PBX) takes it: the
+        peer calls the target itself and reports progress by NOTIFY (message/sipfrag). True once a
+        2xx sipfrag came (the bridge then hangs up its leg and the agent leaves); False when the REFER
+        is refused, a final failure is notified, or nothing final comes within 64*T1."""
+        progress: asyncio.Queue[int] = asyncio.Queue()
+
+        def on_notify(msg: SipMessage) -> None:
+            status = sipfrag_status(msg.body)
+            if status is not None:
+                progress.put_nowait(status)
+
+        await call.playout_drained(8.0)  # "I'm transferring you now" is heard before the caller goes
+        leg.on_notify = on_notify
+        try:
+            accepted = await self.ua.refer(leg, self.target_uri(request.target))
+            if accepted.status >= 300:
+                log.info(
+                    "REFER refused", extra={"data": {"call_id": call.call_id, "status": accepted.status}}
+                )
+                return False
+            status = 100
+            async with asyncio.timeout(64 * 0.5):
+                while status < 200 and not call.ended.is_set():
+                    status = await progress.get()
+        except (TimeoutError, RuntimeError):
+            log.warning("REFER without a final NOTIFY", extra={"data": {"call_id": call.call_id}})
+            return False
+        finally:
+            leg.on_notify = None
+        if status >= 300 or call.ended.is_set():
+            log.info("REFER failed", extra={"data": {"call_id": call.call_id, "sipfrag": status}})
+            return False
+        self.metrics.refers.inc()
+        call.drop_agent("transferred")
+        call.emit(
+            call_transferred=events_pb2.CallTransferred(transferred_to=request.target, type=request.type)
+        )
+        await call.record_end("transferred")
+        await call.end("transferred")  # the transferor leaves (BYE), RFC 5589
+        return True
 
     async def _brief(self, call: BridgeCall, media: RtpSession, request: pb.TransferRequest) -> None:
         """Warm transfer: the caller is held (re-INVITE a=sendonly; the agent hears silence) while the

@@ -585,3 +585,65 @@ async def test_warm_transfer_briefs_the_target_before_the_caller_joins(env: SipE
     assert call.end_reason == "transferred"
     assert env.events.of(call.call_id)[-3:] == ["call_transfer_requested", "call_transferred", "call_ended"]
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def blind_transfer(env: SipEnv, call: BridgeCall) -> None:
+    async with open_channel(env.cp.settings, env.rpc.address, identity="control") as channel:
+        moved = await call_control_pb2_grpc.CallControlServiceStub(channel).Transfer(
+            call_control_pb2.CallControlServiceTransferRequest(
+                call_id=call.call_id, target="ext:100", type=agent_session_pb2.TRANSFER_TYPE_BLIND
+            )
+        )
+    assert moved.leg.status == common_pb2.CALL_STATUS_TRANSFERRING
+
+
+async def test_blind_transfer_by_refer_to_a_trunk_that_takes_it(env: SipEnv) -> None:
+    """The caller's trunk lists REFER: the bridge refers the caller to the target, the trunk's NOTIFY
+    (sipfrag 200) says the target answered, the bridge hangs up its leg and the call ends transferred."""
+    t = await env.tenant()
+    async with phone() as p:
+        sipp = await run_sipp(env, "uac_refer", "-set", "rtp", str(p.port), service=t.number)
+        await wait_for(lambda: env.calls and env.calls[-1].info.to_number == t.number, 10, "the call")
+        call = env.calls[-1]
+        await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+        await blind_transfer(env, call)
+        code, log = await sipp.wait(40)
+        assert code == 0, log[-3000:]
+    assert re.search(r"REFER sip:.*Refer-To: <sip:100@", log, re.S), log[-3000:]
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == "transferred" and call.relay_to is None  # the trunk carried it, not us
+    assert env.events.of(call.call_id)[-3:] == ["call_transfer_requested", "call_transferred", "call_ended"]
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+async def test_a_failed_refer_falls_back_to_the_bridge_transfer(env: SipEnv) -> None:
+    """The trunk accepts the REFER but reports the target failed (sipfrag 503): the bridge dials the
+    target itself and relays the caller to it."""
+    t = await env.tenant()
+    target_port = free_udp_port()
+    trunk = env.bridge.sip_settings.trunk
+    try:
+        async with phone() as p, phone() as reception:
+            sipp = await run_sipp(
+                env, "uac_refer_fails", "-set", "rtp", str(p.port), "-d", "3000", service=t.number
+            )
+            await wait_for(lambda: env.calls and env.calls[-1].info.to_number == t.number, 10, "the call")
+            call = env.calls[-1]
+            await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+            target = await run_sipp(env, "uas_answer", "-set", "rtp", str(reception.port), port=target_port)
+            await asyncio.sleep(0.3)
+            env.bridge.sip_settings = env.bridge.sip_settings.model_copy(
+                update={"trunk": f"127.0.0.1:{target_port}"}
+            )
+            await blind_transfer(env, call)
+            await asyncio.wait_for(reception.first_packet.wait(), 30)  # the caller, relayed by us
+            code, log = await sipp.wait(40)
+            assert code == 0, log[-3000:]
+            assert "SIP/2.0 503 Service Unavailable" in log
+            code, log = await target.wait(20)
+            assert code == 0, log[-3000:]
+    finally:
+        env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"trunk": trunk})
+    await wait_for(call.done.is_set, 10, "the call to end")
+    assert call.end_reason == "transferred"
+    assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0

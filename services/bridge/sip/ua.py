@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 T1 = 0.5
 T2 = 4.0
 MAX_TRANSACTIONS = 20_000
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY"
 USER_AGENT = "voice-bridge"
 
 Addr = tuple[str, int]
@@ -80,6 +80,8 @@ class SipCall:
         self.dialog: Dialog | None = None
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.on_info: Callable[[SipMessage], None] | None = None
+        # NOTIFYs in the dialog (the progress of a REFER we sent, RFC 3515), answered 200 first.
+        self.on_notify: Callable[[SipMessage], None] | None = None
         self.on_reinvite: Callable[[SipMessage], bytes | None] | None = None
         self.remote_sdp: bytes = b""
         self.log: list[str] = []  # the SIP dialog as one-line summaries (for demos and debugging)
@@ -384,6 +386,12 @@ class UserAgent(asyncio.DatagramProtocol):
                 call.on_info(msg)
         elif msg.method == "OPTIONS":
             self.server_respond(msg, response_to(msg, 200, "OK"), addr)
+        elif msg.method == "NOTIFY":
+            if call.on_notify is None:
+                self.server_respond(msg, response_to(msg, 481, "Subscription Does Not Exist"), addr)
+            else:
+                self.server_respond(msg, response_to(msg, 200, "OK"), addr)
+                call.on_notify(msg)
         elif msg.method == "INVITE":
             answer = call.on_reinvite(msg) if call.on_reinvite is not None else None
             if answer is None:
@@ -498,7 +506,13 @@ class UserAgent(asyncio.DatagramProtocol):
         return req
 
     async def request_in_dialog(
-        self, call: SipCall, method: str, *, content_type: str = "", body: bytes = b""
+        self,
+        call: SipCall,
+        method: str,
+        *,
+        content_type: str = "",
+        body: bytes = b"",
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> SipMessage:
         d = call.dialog
         if d is None:
@@ -509,8 +523,10 @@ class UserAgent(asyncio.DatagramProtocol):
         req.add("To", str(NameAddr("", d.remote_uri, {"tag": d.remote_tag})))
         for route in d.route_set:
             req.add("Route", route)
-        if method == "INVITE":
+        if method in ("INVITE", "REFER"):
             req.add("Contact", f"<{self.contact_uri}>")
+        for name, value in headers:
+            req.add(name, value)
         if body:
             req.add("Content-Type", content_type)
             req.body = body
@@ -525,6 +541,15 @@ class UserAgent(asyncio.DatagramProtocol):
             call.note("->", ack)
             self.send(ack.encode(), d.peer)
         return resp
+
+    async def refer(self, call: SipCall, target_uri: str) -> SipMessage:
+        """Asks the peer to call `target_uri` itself (RFC 3515 blind transfer); the final response
+        (202 = accepted; progress then comes as NOTIFY with a message/sipfrag body)."""
+        d = call.dialog
+        referred_by = d.local_uri if d is not None else self.contact_uri
+        return await self.request_in_dialog(
+            call, "REFER", headers=(("Refer-To", f"<{target_uri}>"), ("Referred-By", f"<{referred_by}>"))
+        )
 
     async def reinvite(self, call: SipCall, sdp: bytes) -> SipMessage:
         """A new offer in the dialog (hold/resume); the final response (2xx already ACKed)."""
@@ -646,3 +671,21 @@ class UserAgent(asyncio.DatagramProtocol):
     def forget(self, call: SipCall) -> None:
         self._dialogs.pop((call.call_id, call.local_tag), None)
         self._outbound.pop(call.call_id, None)
+
+
+def sipfrag_status(body: bytes) -> int | None:
+    """The status code of a message/sipfrag body ("SIP/2.0 200 OK"), None when it is not one."""
+    first = body[:200].split(b"\n", 1)[0].strip().split()
+    if len(first) < 2 or not first[0].startswith(b"SIP/2.0") or not first[1].isdigit() or len(first[1]) != 3:
+        return None
+    return int(first[1])
+
+
+def allows(call: SipCall, method: str) -> bool:
+    """Whether the peer's INVITE (or its answer to ours) listed `method` in Allow."""
+    msg = call.invite if isinstance(call, InboundCall) else None
+    if isinstance(call, OutboundCall) and call.final.done() and not call.final.cancelled():
+        msg = call.final.result()
+    if msg is None:
+        return False
+    return method.upper() in {m.strip().upper() for m in msg.get("Allow").split(",")}
