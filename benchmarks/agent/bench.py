@@ -117,17 +117,17 @@ def metrics_text(port: int) -> str:
 
 
 async def caller_measured(
-    target: str, metrics_port: int, proc: psutil.Process, level: int, procs: int
+    target: str, metrics_port: int, proc: psutil.Process, level: int, procs: int, *, caller: str = "tone"
 ) -> dict[str, Any]:
     """Idle (one call) and loaded (`level` concurrent calls) as the callers hear it."""
     log("caller-measured: idle (1 call, 3 turns)")
-    idle = await load(target, "--calls", "1", "--turns", "3", "--stagger", "0")
+    idle = await load(target, "--calls", "1", "--turns", "3", "--stagger", "0", caller=caller)
     log(f"caller-measured: {level} concurrent calls, 2 turns, from {procs} load processes")
     rss_before = proc.memory_info().rss / 2**20
     before = metrics_text(metrics_port)
     cpu_before = sum(proc.cpu_times()[:2])
     peak = rss_before
-    task = asyncio.ensure_future(load_spread(target, level, procs, "--turns", "2"))
+    task = asyncio.ensure_future(load_spread(target, level, procs, "--turns", "2", caller=caller))
     while not task.done():
         peak = max(peak, proc.memory_info().rss / 2**20)
         await asyncio.wait({task}, timeout=0.25)
@@ -184,6 +184,27 @@ async def silero_cpu(level: int, procs: int) -> float | None:
         await server.wait()
 
 
+async def offline_stack(level: int, procs: int) -> dict[str, Any]:
+    """The caller-measured keys against the offline stack of `make demo` (callers speak with the Triton
+    voice), in a fresh agent process."""
+    port, metrics_port = free_port(), free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.agent.server", "--port", str(port),
+        "--metrics-port", str(metrics_port), "--providers", "offline",
+        env={**os.environ, "LOG_LEVEL": "WARNING"},
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    try:
+        await wait_serving(target, 120, server)
+        log(f"offline stack at {target}")
+        return await caller_measured(
+            target, metrics_port, psutil.Process(server.pid), level, procs, caller="tts"
+        )
+    finally:
+        server.terminate()
+        await server.wait()
+
+
 async def main(
     levels: tuple[int, ...],
     churn: int,
@@ -192,6 +213,7 @@ async def main(
     caller_level: int = 25,
     load_procs: int = 2,
     silero_level: int = 10,
+    offline_level: int = 0,
 ) -> dict[str, Any]:
     port, metrics_port = free_port(), free_port()
     server = await asyncio.create_subprocess_exec(
@@ -269,8 +291,10 @@ async def main(
     all_overheads = [lv["overhead_ms_p50"] for lv in clean]
     cpu_per_call = reference["cpu_percent_per_call"]
     silero = await silero_cpu(silero_level, load_procs) if silero_level and vad == "energy" else None
+    offline = await offline_stack(offline_level, load_procs) if offline_level else None
     return {
         **heard,
+        **({"offline_stack": offline} if offline else {}),
         "overhead_ms": {"p50": reference["overhead_ms_p50"], "p99": reference["overhead_ms_p99"]},
         "underruns": per_level[-1]["underruns"],
         "cpu_percent_per_call": {vad + "_vad": cpu_per_call, "silero": silero}
@@ -315,6 +339,12 @@ def cli() -> None:
         "--caller-level", type=int, default=25, help="concurrent calls of the caller-measured load (0: skip)"
     )
     parser.add_argument("--load-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--offline-level",
+        type=int,
+        default=0,
+        help="also measure the offline stack of make demo at this many calls (key offline_stack; 0: skip)",
+    )
     parser.add_argument("--silero-level", type=int, default=10, help="calls of the Silero CPU run (0: skip)")
     parser.add_argument(
         "--vad",
@@ -331,6 +361,7 @@ def cli() -> None:
         caller_level=args.caller_level,
         load_procs=args.load_procs,
         silero_level=args.silero_level,
+        offline_level=args.offline_level,
     )
     print(json.dumps(asyncio.run(result)))
 

@@ -37,6 +37,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--vad", choices=["energy", "silero"], default="energy")
+    parser.add_argument(
+        "--providers",
+        choices=["fixed", "offline"],
+        default="fixed",
+        help="offline: the settings' own providers, the offline stack of make demo (Silero, PocketSphinx, "
+        "the policy LLM, espeak-ng on Triton); --vad and the latencies are then ignored",
+    )
     parser.add_argument("--stt-ms", type=float, default=Latencies.stt_ms)
     parser.add_argument("--llm-ms", type=float, default=Latencies.llm_ms)
     parser.add_argument("--tts-ms", type=float, default=Latencies.tts_ms)
@@ -49,7 +56,7 @@ def main() -> None:
         )
         return build_server(
             settings.model_copy(update={"agent_service": section}),
-            providers=FixedProviderFactory(latencies, args.vad),
+            providers=FixedProviderFactory(latencies, args.vad) if args.providers == "fixed" else None,
         )
 
     run_service("agent-bench", build)
