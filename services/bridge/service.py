@@ -118,6 +118,10 @@ class Bridge:
         self.ua = UserAgent(self.sip_settings.host, self._on_invite)
         self.on_call: Callable[[BridgeCall], None] | None = None  # tests and the demo observe calls
         self._tts: TritonTextToSpeech | None = None  # speaks warm-transfer briefings; made on first use
+        password = self.sip_settings.auth_password
+        if self.sip_settings.auth_username and password is not None:
+            self.ua.credentials = (self.sip_settings.auth_username, password.get_secret_value())
+        self.registered = asyncio.Event()  # set while the trunk registration is current
 
     @property
     def media_host(self) -> str:
@@ -127,6 +131,31 @@ class Bridge:
         await self.ua.start(self.sip_settings.port)
         if self.sip_settings.advertised_host:
             self.ua.host = self.sip_settings.advertised_host
+        if self.sip_settings.register_with_trunk:
+            self.ua.spawn(self._keep_registered())
+
+    async def _keep_registered(self) -> None:
+        """REGISTER with the trunk and refresh at 80 % of the granted Expires; failures are logged and
+        retried every 30 s (calls in and out do not depend on it)."""
+        while True:
+            wait = 30.0
+            try:
+                resp = await self.ua.register(
+                    self.sip_settings.trunk, expires=self.sip_settings.register_expires
+                )
+                if 200 <= resp.status < 300:
+                    granted = resp.get("Expires")
+                    expires = int(granted) if granted.isdigit() else self.sip_settings.register_expires
+                    wait = max(30.0, expires * 0.8)
+                    self.registered.set()
+                    log.info("registered with the trunk", extra={"data": {"expires": expires}})
+                else:
+                    self.registered.clear()
+                    log.warning("REGISTER refused", extra={"data": {"status": resp.status}})
+            except (TimeoutError, OSError):
+                self.registered.clear()
+                log.warning("REGISTER not answered")
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         for call in list(self.calls.values()):

@@ -104,6 +104,13 @@ class SipSettings(BaseModel):
     jitter_initial_delay_ms: float = Field(60.0, ge=20.0, le=400.0)
     # Concurrent-call slots of a crashed bridge expire after this (live calls refresh them).
     slot_ttl_seconds: float = Field(60.0, ge=3.0)
+    # Digest credentials for the trunk (401/407 on outbound INVITE and REGISTER; MD5 or SHA-256).
+    # The password comes from the environment only: WEBRTC_BRIDGE__SIP__AUTH_PASSWORD.
+    auth_username: str = ""
+    auth_password: SecretStr | None = None
+    # REGISTER with the trunk (as sip:<auth_username>@<trunk>) every register_expires seconds.
+    register_with_trunk: bool = False
+    register_expires: int = Field(3600, ge=60, le=86400)
 
 
 class BridgeSettings(ServerSettings):

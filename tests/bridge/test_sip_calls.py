@@ -27,6 +27,7 @@ from services.agent.profile import build_profile
 from services.agent.providers.stt.pocketsphinx import PocketSphinxStt
 from services.agent.providers.tts import TritonTextToSpeech
 from services.bridge.call import BridgeCall, CallInfo
+from services.bridge.sip.digest import digest_response, parse_challenge
 from services.bridge.state import CallState
 from services.control.auth import Permission
 from services.shared.call_slots import active_calls_key
@@ -647,3 +648,70 @@ async def test_a_failed_refer_falls_back_to_the_bridge_transfer(env: SipEnv) -> 
     await wait_for(call.done.is_set, 10, "the call to end")
     assert call.end_reason == "transferred"
     assert await env.redis.scard(active_calls_key(t.tenant_id)) == 0
+
+
+def check_digest(log: str, header: str, method: str, password: str) -> str:
+    """The digest in the request SIPp received after its challenge, recomputed from the challenge."""
+    sent = re.search(rf"^{header}: (Digest .*)$", log, re.M)
+    assert sent is not None, log[-3000:]
+    fields = dict(re.findall(r'(\w+)="?([^",]*)"?', sent.group(1)))
+    challenge = re.search(r"^(?:WWW|Proxy)-Authenticate: (Digest .*)$", log, re.M)
+    assert challenge is not None
+    expected = digest_response(
+        parse_challenge(challenge.group(1)),
+        username=fields["username"],
+        password=password,
+        method=method,
+        uri=fields["uri"],
+        cnonce=fields["cnonce"],
+    )
+    assert fields["response"] == expected
+    return str(fields["algorithm"])
+
+
+async def test_outbound_invite_answers_the_trunks_digest_challenge(env: SipEnv) -> None:
+    """The trunk answers the INVITE with 401 (digest SHA-256, qop=auth): the bridge retries once with
+    Authorization (CSeq 2) and the call is answered."""
+    t = await env.tenant()
+    port = free_udp_port()
+    trunk = env.bridge.sip_settings.trunk
+    env.bridge.ua.credentials = ("bridge-user", "s3cret-from-env")
+    try:
+        async with phone() as p:
+            sipp = await run_sipp(
+                env, "uas_auth_answer", "-set", "rtp", str(p.port), "-set", "alg", "SHA-256", port=port
+            )
+            await asyncio.sleep(0.3)
+            env.bridge.sip_settings = env.bridge.sip_settings.model_copy(
+                update={"trunk": f"127.0.0.1:{port}"}
+            )
+            info = CallInfo(
+                str(uuid.uuid4()), t.tenant_id, t.agent_id, "outbound", t.number, "+15557654321", {}
+            )
+            call = await env.bridge.dial(info, 10, max_calls=10)
+            await wait_for(lambda: call.state == CallState.CONVERSING, 20, "the agent to join")
+            await call.end("api_hangup")
+            code, log = await sipp.wait(20)
+            assert code == 0, log[-3000:]
+    finally:
+        env.bridge.ua.credentials = None
+        env.bridge.sip_settings = env.bridge.sip_settings.model_copy(update={"trunk": trunk})
+    assert check_digest(log, "Authorization", "INVITE", "s3cret-from-env") == "SHA-256"
+    assert "CSeq: 2 INVITE" in log
+
+
+async def test_register_answers_the_registrars_challenge(env: SipEnv) -> None:
+    """REGISTER to the trunk, challenged with 407 (digest MD5): retried with Proxy-Authorization and
+    granted (Expires 120)."""
+    port = free_udp_port()
+    env.bridge.ua.credentials = ("bridge-user", "s3cret-from-env")
+    try:
+        sipp = await run_sipp(env, "uas_register_auth", "-set", "alg", "MD5", port=port)
+        await asyncio.sleep(0.3)
+        resp = await env.bridge.ua.register(f"127.0.0.1:{port}", expires=300)
+        code, log = await sipp.wait(20)
+        assert code == 0, log[-3000:]
+    finally:
+        env.bridge.ua.credentials = None
+    assert resp.status == 200 and resp.get("Expires") == "120"
+    assert check_digest(log, "Proxy-Authorization", "REGISTER", "s3cret-from-env") == "MD5"

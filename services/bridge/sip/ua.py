@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from services.bridge.sip.digest import DigestError, authorization, parse_challenge
 from services.bridge.sip.message import (
     NameAddr,
     SipMessage,
@@ -250,6 +251,10 @@ class UserAgent(asyncio.DatagramProtocol):
         self._outbound: dict[str, OutboundCall] = {}  # Call-ID -> call
         self._tasks: set[asyncio.Task[None]] = set()
         self.malformed = 0
+        # (username, password) for the trunk's digest challenges; None = a challenge fails the request.
+        self.credentials: tuple[str, str] | None = None
+        self.register_call_id = f"{secrets.token_hex(8)}@{host}"  # one Call-ID for all our REGISTERs
+        self.register_cseq = 0
 
     @property
     def contact_uri(self) -> str:
@@ -593,13 +598,25 @@ class UserAgent(asyncio.DatagramProtocol):
 
         # The INVITE transaction runs on its own; the ring timeout is ours: on expiry we CANCEL and
         # the transaction then ends with the callee's 487 (which is ACKed below like any non-2xx).
-        invite_tx = asyncio.ensure_future(self.send_request(req, peer, provisional, invite_timeout=3600.0))
-        try:
-            final = await self._ring(call, invite_tx, ring_timeout)
-        except SipTimeoutError:
-            call.finish("no_answer" if call.provisional.is_set() else "unreachable")
-            call.final.set_result(response_to(req, 408, "Request Timeout"))
-            return call
+        # A 401/407 is answered once with our credentials: a new INVITE transaction, CSeq + 1.
+        for attempt in range(2):
+            invite_tx = asyncio.ensure_future(
+                self.send_request(req, peer, provisional, invite_timeout=3600.0)
+            )
+            try:
+                final = await self._ring(call, invite_tx, ring_timeout)
+            except SipTimeoutError:
+                call.finish("no_answer" if call.provisional.is_set() else "unreachable")
+                call.final.set_result(response_to(req, 408, "Request Timeout"))
+                return call
+            retry = self._authorized(req, final) if attempt == 0 else None
+            if retry is None:
+                break
+            call.note("<-", final)
+            self._send_ack(call, final, same_transaction=True)
+            req = retry
+            call.invite = req
+            call.note("->", req)
         if final.status == 487 and call.ended.done():  # our CANCEL won
             call.note("<-", final)
             self._send_ack(call, final, same_transaction=True)
@@ -620,13 +637,69 @@ class UserAgent(asyncio.DatagramProtocol):
             remote_uri=target_uri,
             remote_target=parse_name_addr(contact).uri if contact else target_uri,
             peer=peer,
-            local_cseq=1,
+            local_cseq=req.cseq[0],
             route_set=list(reversed(final.get_all("Record-Route"))),
         )
         call.remote_sdp = final.body
         self.register_dialog(call)
         self._send_ack(call, final)
         return call
+
+    def _authorized(self, request: SipMessage, challenge: SipMessage) -> SipMessage | None:
+        """`request` again (new branch, CSeq + 1) with the answer to a 401/407 digest challenge; None
+        when it is no challenge, we have no credentials, or the challenge cannot be answered."""
+        if challenge.status not in (401, 407) or self.credentials is None:
+            return None
+        header = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
+        try:
+            parsed = parse_challenge(challenge.get(header))
+        except DigestError as exc:
+            log.warning("digest challenge refused", extra={"data": {"reason": str(exc)}})
+            return None
+        username, password = self.credentials
+        method = request.method
+        retry = SipMessage(method=method, uri=request.uri)
+        for name, value in request.headers:
+            if name in ("Authorization", "Proxy-Authorization"):
+                continue
+            if name == "Via":
+                retry.add(name, f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport")
+            elif name == "CSeq":
+                retry.add(name, f"{request.cseq[0] + 1} {method}")
+            else:
+                retry.add(name, value)
+        retry.add(
+            "Authorization" if challenge.status == 401 else "Proxy-Authorization",
+            authorization(parsed, username=username, password=password, method=method, uri=request.uri),
+        )
+        retry.body = request.body
+        return retry
+
+    async def register(self, registrar: str, *, expires: int, peer: Addr | None = None) -> SipMessage:
+        """REGISTER our Contact as sip:<username>@<registrar> (host:port), answering one digest
+        challenge; the final response (2xx = registered for its Expires)."""
+        user = self.credentials[0] if self.credentials is not None else "voice"
+        host, _, port = registrar.partition(":")
+        if peer is None:
+            peer = (host, int(port or 5060))
+        aor = f"sip:{user}@{registrar}"
+        req = SipMessage(method="REGISTER", uri=f"sip:{registrar}")
+        req.add("Via", f"SIP/2.0/UDP {self.host}:{self.port};branch={new_branch()};rport")
+        req.add("Max-Forwards", "70")
+        req.add("From", str(NameAddr("", aor, {"tag": new_tag()})))
+        req.add("To", f"<{aor}>")
+        req.add("Call-ID", self.register_call_id)
+        self.register_cseq += 1
+        req.add("CSeq", f"{self.register_cseq} REGISTER")
+        req.add("Contact", f"<{self.contact_uri}>")
+        req.add("Expires", str(expires))
+        req.add("User-Agent", USER_AGENT)
+        resp = await self.send_request(req, peer)
+        retry = self._authorized(req, resp)
+        if retry is None:
+            return resp
+        self.register_cseq += 1
+        return await self.send_request(retry, peer)
 
     async def _ring(
         self, call: OutboundCall, invite_tx: asyncio.Future[SipMessage], ring_timeout: float
