@@ -27,7 +27,8 @@ from nats.aio.msg import Msg
 
 import audio_core
 from services.agent.ports import TextToSpeech, VoiceSelection
-from services.bridge.sip.sdp import Codec, build_sdp, parse_sdp
+from services.bridge.sip.message import SipMessage
+from services.bridge.sip.sdp import Codec, answer_direction, build_sdp, choose_codec, parse_sdp
 from services.bridge.sip.ua import InboundCall, OutboundCall, UserAgent
 from services.control.inventory import provision
 from services.shared.settings import Settings
@@ -169,6 +170,21 @@ async def place_sip_call(
             return record
         answer = parse_sdp(call.remote_sdp)
         phone.peer = (answer.address, answer.port)
+        versions = iter(range(2, 1000))
+
+        def on_reinvite(msg: SipMessage) -> bytes | None:
+            # The bridge holds the caller (a=sendonly) while reception is briefed, then resumes it.
+            offer = parse_sdp(msg.body)
+            codec = choose_codec(offer, ("opus", "pcmu"))
+            if codec is None:
+                return None
+            say("caller: put on hold" if offer.direction == "sendonly" else "caller: taken off hold")
+            direction = answer_direction(offer.direction)
+            return build_sdp(
+                "127.0.0.1", phone.port, [codec], session_id=1, version=next(versions), direction=direction
+            )
+
+        call.on_reinvite = on_reinvite
         await _converse(
             phone,
             call=call,
