@@ -151,10 +151,11 @@ async def test_inbound_call_greeting_question_answer_and_agent_hangs_up(
     t = await env.tenant()
     question = await speech_8k(tts, QUESTION)
     goodbye = await speech_8k(tts, "Thank you, goodbye.")
+    earlier = len(env.calls)
     async with phone() as p:
         sipp = await run_sipp(env, "uac_bridge_hangs_up", "-set", "rtp", str(p.port), service=t.number)
-        await wait_for(lambda: env.calls, 20, "the call to reach the bridge")
-        call = env.calls[-1]
+        await wait_for(lambda: len(env.calls) > earlier, 20, "the call to reach the bridge")
+        call = env.calls[earlier]
         await asyncio.wait_for(p.first_packet.wait(), 20)
         await silence_after_speech(p)
         greeting_end = len(p.audio())
@@ -503,10 +504,11 @@ async def test_a_phone_call_is_recorded_by_the_bridge_when_its_agent_asks(
     env.bridge.deps.recordings = writer
     try:
         question = await speech_8k(tts, QUESTION)
+        earlier = len(env.calls)  # the module's earlier tests left their calls in the list
         async with phone() as p:
             sipp = await run_sipp(env, "uac_bridge_hangs_up", "-set", "rtp", str(p.port), service=t.number)
-            await wait_for(lambda: env.calls, 20, "the call to reach the bridge")
-            call = env.calls[-1]
+            await wait_for(lambda: len(env.calls) > earlier, 20, "the call to reach the bridge")
+            call = env.calls[earlier]
             await asyncio.wait_for(p.first_packet.wait(), 20)
             await silence_after_speech(p)
             p.say(question)
