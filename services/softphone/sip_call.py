@@ -237,7 +237,9 @@ async def _converse(
         say(f"caller: {text}")
         phone.say(pcm)
         await phone.spoken()
-        ended = asyncio.get_running_loop().time()
+        # The end of the caller's speech is its last voiced frame, not the end of the clip: the
+        # synthesised line ends in silence that must not count as the agent's time.
+        ended = asyncio.get_running_loop().time() - _trailing_silence_s(pcm, phone.frame_bytes, phone.rate)
         first = await _agent_starts(phone, ended, 30)
         if first is not None:
             record.latencies_ms.append((first - ended) * 1000)
@@ -253,6 +255,16 @@ async def _converse(
         phone.say(thanks)
         await phone.spoken()
         await asyncio.sleep(0.5)
+
+
+def _trailing_silence_s(pcm: bytes, frame: int, rate: int) -> float:
+    """Seconds of quiet (below SPEECH_DBFS) at the end of `pcm`."""
+    quiet = 0
+    for end in range(len(pcm) - len(pcm) % frame, 0, -frame):
+        if audio_core.rms_dbfs(pcm[end - frame : end]) > SPEECH_DBFS:
+            break
+        quiet += frame
+    return quiet / 2 / rate
 
 
 async def _agent_starts(phone: RtpPhone, since: float, within_s: float) -> float | None:
