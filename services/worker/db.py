@@ -8,6 +8,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from services.shared.db import create_pool
 from services.shared.settings import Settings
 
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -23,16 +24,7 @@ class _NoResetConnection(asyncpg.Connection):
 
 
 async def create_worker_pool(settings: Settings) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=min(2, settings.database_pool_size),
-        max_size=settings.database_pool_size + settings.database_max_overflow,
-        command_timeout=30,
-        connection_class=_NoResetConnection,
-    )
-    if pool is None:  # only when created with an explicit loop and not awaited; never here
-        raise RuntimeError("asyncpg returned no pool")
-    return pool
+    return await create_pool(settings, connection_class=_NoResetConnection)
 
 
 def at(ts: Timestamp) -> datetime | None:
